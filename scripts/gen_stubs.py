@@ -24,6 +24,7 @@ STAGE = REPO / "build" / "protos"
 OUT = REPO / "src"
 API = OUT / "berth" / "api"
 
+
 # (source file, destination relative to berth/api)
 def sources() -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
@@ -50,8 +51,12 @@ def main() -> int:
     srcs = sources()
     missing = [str(s) for s, _ in srcs if not s.is_file()]
     if missing:
-        print("missing protos (install the Debian -dev packages via scripts/setup.sh):",
-              *missing, sep="\n  ", file=sys.stderr)
+        print(
+            "missing protos (install the Debian -dev packages via scripts/setup.sh):",
+            *missing,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 1
     # Map every import spelling a proto may use onto its staged location.
     rename: dict[str, str] = {}
@@ -75,8 +80,8 @@ def main() -> int:
         out.write_text(IMPORT_RE.sub(fix, src.read_text()))
         staged.append(f"berth/api/{dest}")
 
-    import grpc_tools  # noqa: PLC0415 - build-time dependency only
     import google.rpc  # googleapis-common-protos ships google/rpc/status.proto
+    import grpc_tools
 
     tools_inc = Path(grpc_tools.__file__).parent / "_proto"
     rpc_inc = Path(next(iter(google.rpc.__path__))).parent.parent
@@ -84,9 +89,15 @@ def main() -> int:
     shutil.rmtree(API, ignore_errors=True)
     API.mkdir(parents=True)
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{STAGE}", f"-I{tools_inc}", f"-I{rpc_inc}",
-        f"--python_out={OUT}", f"--grpc_python_out={OUT}", f"--pyi_out={OUT}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{STAGE}",
+        f"-I{tools_inc}",
+        f"-I{rpc_inc}",
+        f"--python_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        f"--pyi_out={OUT}",
         *staged,
     ]
     subprocess.run(cmd, check=True, cwd=STAGE)

@@ -64,7 +64,7 @@ class Unavailable(BerthError):
     code = CODE_UNAVAILABLE
 
 
-class NotImplemented(BerthError):  # noqa: A001 - containerd's name for the concept
+class NotImplemented(BerthError):
     code = CODE_UNIMPLEMENTED
 
 

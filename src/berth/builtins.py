@@ -1,0 +1,18 @@
+"""The plugins compiled into berthd. Importing a module registers its plugins."""
+
+from __future__ import annotations
+
+import importlib
+
+MODULES = (
+    "berth.core.metadata.plugin",
+    "berth.services.version",
+    "berth.services.namespaces",
+    "berth.services.leases",
+    "berth.services.introspection",
+)
+
+
+def load() -> None:
+    for name in MODULES:
+        importlib.import_module(name)
