@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.daemon import Berthd, running_berthd
 
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Integration tests need root for mounts, namespaces, cgroups and /run.

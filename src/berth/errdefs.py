@@ -12,6 +12,7 @@ the canonical integers of ``google.rpc.Code``.
     ├── FailedPrecondition         -> FAILED_PRECONDITION (9)
     ├── Unavailable                -> UNAVAILABLE (14)
     ├── NotImplemented             -> UNIMPLEMENTED (12)
+    ├── OutOfRange                 -> OUT_OF_RANGE (11)
     ├── Canceled                   -> CANCELLED (1)
     └── DeadlineExceeded           -> DEADLINE_EXCEEDED (4)
 """
@@ -27,6 +28,7 @@ CODE_DEADLINE_EXCEEDED = 4
 CODE_NOT_FOUND = 5
 CODE_ALREADY_EXISTS = 6
 CODE_FAILED_PRECONDITION = 9
+CODE_OUT_OF_RANGE = 11
 CODE_UNIMPLEMENTED = 12
 CODE_UNAVAILABLE = 14
 
@@ -68,6 +70,12 @@ class NotImplemented(BerthError):
     code = CODE_UNIMPLEMENTED
 
 
+class OutOfRange(BerthError):
+    """An offset outside an object (content reads and writes), as containerd reports it."""
+
+    code = CODE_OUT_OF_RANGE
+
+
 class Canceled(BerthError):
     code = CODE_CANCELLED
 
@@ -85,6 +93,7 @@ _BY_CODE: dict[int, type[BerthError]] = {
         FailedPrecondition,
         Unavailable,
         NotImplemented,
+        OutOfRange,
         Canceled,
         DeadlineExceeded,
     )

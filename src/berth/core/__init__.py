@@ -1,0 +1,1 @@
+"""Domain logic of Berth: pure Python, no gRPC or protobuf imports."""

@@ -1,0 +1,50 @@
+"""The content store: immutable, digest-addressed blobs and resumable ingests.
+
+Pure domain code (no gRPC): :class:`Store` is the interface, :class:`LocalStore`
+the filesystem implementation (containerd's ``content/local`` layout), and
+:func:`copy_into` the streaming helper used to fill it from a remote source.
+"""
+
+from berth.core.content.digest import CANONICAL, Algorithm, Digest, Digester, parse_digest
+from berth.core.content.errors import OutOfRange, ShortRead
+from berth.core.content.helpers import Source, SupportsRead, copy_into, open_writer_waiting
+from berth.core.content.labels import MemoryLabelStore
+from berth.core.content.local import LocalReaderAt, LocalStore, LocalWriter
+from berth.core.content.model import Descriptor, Info, Status
+from berth.core.content.store import (
+    InfoFilter,
+    LabelStore,
+    ReaderAt,
+    StatusFilter,
+    Store,
+    WalkFn,
+    Writer,
+)
+
+__all__ = [
+    "CANONICAL",
+    "Algorithm",
+    "Descriptor",
+    "Digest",
+    "Digester",
+    "Info",
+    "InfoFilter",
+    "LabelStore",
+    "LocalReaderAt",
+    "LocalStore",
+    "LocalWriter",
+    "MemoryLabelStore",
+    "OutOfRange",
+    "ReaderAt",
+    "ShortRead",
+    "Source",
+    "Status",
+    "StatusFilter",
+    "Store",
+    "SupportsRead",
+    "WalkFn",
+    "Writer",
+    "copy_into",
+    "open_writer_waiting",
+    "parse_digest",
+]
