@@ -1,0 +1,111 @@
+"""Berth's Python SDK: talk to berthd (or containerd 1.6) over its gRPC API.
+
+Layering: ``types`` holds the plain records every call returns and
+``_config`` the address and namespace defaults (neither imports gRPC);
+``_core`` holds each API call once, as an I/O-free operation; ``_transport``
+runs operations on a blocking or an asyncio gRPC channel; ``_sync`` and
+``_async`` are the thin public twins, :class:`Client` and :class:`AsyncClient`.
+The SDK speaks only gRPC; it never imports the daemon's code.
+
+    >>> from berth.client import Client
+    >>> with Client(namespace="demo") as c:
+    ...     c.namespaces.create("demo", {"team": "infra"})
+    ...     with c.lease(expires=3600) as leased:
+    ...         ...  # what leased's calls create is protected until the block ends
+
+Errors are the classes of :mod:`berth.errdefs` (``NotFound``,
+``AlreadyExists``, ``InvalidArgument``, ``FailedPrecondition``,
+``Unavailable``...), carrying the server's message.
+
+The public names are loaded on first use, so importing ``berth.client.types``
+or ``berth.client._config`` (as the CLI does to print its help) does not pull
+in gRPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from berth.client._async import AsyncClient, AsyncLeases, AsyncNamespaces
+    from berth.client._config import (
+        DEFAULT_ADDRESS,
+        DEFAULT_NAMESPACE,
+        LEASE_HEADER,
+        NAMESPACE_HEADER,
+        resolve_address,
+        resolve_namespace,
+    )
+    from berth.client._sync import Client, Leases, Namespaces
+    from berth.client.types import (
+        LEASE_EXPIRE_LABEL,
+        Lease,
+        Namespace,
+        Platform,
+        Plugin,
+        PluginError,
+        Resource,
+        Version,
+    )
+
+_HOMES = {
+    "AsyncClient": "_async",
+    "AsyncLeases": "_async",
+    "AsyncNamespaces": "_async",
+    "Client": "_sync",
+    "Leases": "_sync",
+    "Namespaces": "_sync",
+    "DEFAULT_ADDRESS": "_config",
+    "DEFAULT_NAMESPACE": "_config",
+    "LEASE_HEADER": "_config",
+    "NAMESPACE_HEADER": "_config",
+    "resolve_address": "_config",
+    "resolve_namespace": "_config",
+    "LEASE_EXPIRE_LABEL": "types",
+    "Lease": "types",
+    "Namespace": "types",
+    "Platform": "types",
+    "Plugin": "types",
+    "PluginError": "types",
+    "Resource": "types",
+    "Version": "types",
+}
+
+# Spelled out (not derived from _HOMES) so linters and readers see the API;
+# tests/unit/test_cli_sdk_surface.py checks the two agree.
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_NAMESPACE",
+    "LEASE_EXPIRE_LABEL",
+    "LEASE_HEADER",
+    "NAMESPACE_HEADER",
+    "AsyncClient",
+    "AsyncLeases",
+    "AsyncNamespaces",
+    "Client",
+    "Lease",
+    "Leases",
+    "Namespace",
+    "Namespaces",
+    "Platform",
+    "Plugin",
+    "PluginError",
+    "Resource",
+    "Version",
+    "resolve_address",
+    "resolve_namespace",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'berth.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"berth.client.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

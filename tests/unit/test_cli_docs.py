@@ -1,0 +1,23 @@
+"""docs/cli.md is generated from the commands' help and must not go stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from berth.cli._docs import render
+from berth.cli.main import COMMANDS
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def test_cli_reference_matches_the_commands() -> None:
+    assert DOC.read_text() == render(), (
+        "docs/cli.md is out of date: run `.venv/bin/python -m berth.cli._docs > docs/cli.md`"
+    )
+
+
+def test_cli_reference_documents_every_group_with_examples() -> None:
+    text = render()
+    for group in COMMANDS:
+        assert f"`berth {group}`" in text
+    assert text.count("Examples:") >= 8
