@@ -9,6 +9,10 @@ MODULES = (
     "berth.services.version",
     "berth.services.namespaces",
     "berth.services.leases",
+    "berth.services.content",
+    "berth.services.images",
+    "berth.core.snapshots.plugin",
+    "berth.services.snapshots",
     "berth.services.introspection",
 )
 

@@ -104,3 +104,11 @@ def test_ctr_leases_roundtrip(shared_berthd: Berthd) -> None:
     assert "l1" in out and "containerd.io/gc.expire" in out
     d.ctr("leases", "rm", "l1", namespace="lease-ns")
     assert "l1" not in d.ctr("leases", "ls", "-q", namespace="lease-ns").stdout
+
+
+def test_ctr_lease_without_id_gets_a_generated_one(shared_berthd: Berthd) -> None:
+    d = shared_berthd
+    created = d.ctr("leases", "create", namespace="gen-id").stdout.strip()
+    assert created
+    assert created in d.ctr("leases", "ls", "-q", namespace="gen-id").stdout.split()
+    d.ctr("leases", "rm", created, namespace="gen-id")

@@ -7,11 +7,12 @@ from typing import Any
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from berth import filters, plugin
+from berth import errdefs, filters, plugin
 from berth.api.services.leases.v1 import leases_pb2 as pb
 from berth.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
 from berth.core.metadata.db import DB
-from berth.core.metadata.leases import Lease, LeaseStore
+from berth.core.metadata.gc import Scheduler, collect_now
+from berth.core.metadata.leases import Lease, LeaseStore, random_lease_id
 from berth.services.server import namespace
 
 
@@ -41,21 +42,30 @@ class _LeaseAdaptor:
 
 
 class LeasesService(pb_grpc.LeasesServicer):
-    def __init__(self, db: DB) -> None:
+    def __init__(self, db: DB, scheduler: Scheduler | None = None) -> None:
         self.db = db
         self.store = LeaseStore(db)
+        self.scheduler = scheduler
 
     def add_to_server(self, server: Any) -> None:
         pb_grpc.add_LeasesServicer_to_server(self, server)
 
     async def Create(self, request: pb.CreateRequest, context: Any) -> pb.CreateResponse:
         ns = namespace(context)
-        lease = await self.db.run(lambda: self.store.create(ns, request.id, dict(request.labels)))
+        # An empty id asks the server to choose one, as containerd's service does.
+        lease_id = request.id or random_lease_id()
+        lease = await self.db.run(lambda: self.store.create(ns, lease_id, dict(request.labels)))
         return pb.CreateResponse(lease=_to_pb(lease))
 
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> empty_pb2.Empty:
         ns = namespace(context)
         await self.db.run(lambda: self.store.delete(ns, request.id))
+        collector = getattr(self.db, "collector", None)
+        if collector is not None:
+            # What the lease protected may now be garbage.
+            collector.mutated(deletion=True)
+            if request.sync:
+                await collect_now(self.scheduler, collector)
         return empty_pb2.Empty()
 
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
@@ -87,9 +97,15 @@ class LeasesService(pb_grpc.LeasesServicer):
 
 
 def _init(ic: plugin.InitContext) -> LeasesService:
-    return LeasesService(ic.get(plugin.METADATA))
+    try:
+        scheduler: Scheduler | None = ic.get(plugin.GC)
+    except errdefs.NotFound:
+        scheduler = None
+    return LeasesService(ic.get(plugin.METADATA), scheduler)
 
 
 plugin.register(
-    plugin.Registration(type=plugin.GRPC, id="leases", init=_init, requires=(plugin.METADATA,))
+    plugin.Registration(
+        type=plugin.GRPC, id="leases", init=_init, requires=(plugin.METADATA, plugin.GC)
+    )
 )

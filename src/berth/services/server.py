@@ -32,6 +32,22 @@ def namespace(context: aio.ServicerContext) -> str:
     return namespaces.required(context.invocation_metadata())
 
 
+LEASE_HEADER = "containerd-lease"
+
+
+def lease_from(context: aio.ServicerContext) -> str | None:
+    """The lease a request works under (gRPC metadata ``containerd-lease``), or None.
+
+    Resources the request creates (ingests, content, snapshots) are added to
+    that lease, so GC leaves them alone until the lease goes.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == LEASE_HEADER:
+            text = value.decode() if isinstance(value, bytes) else value
+            return text or None
+    return None
+
+
 async def _abort(context: aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errdefs.BerthError):
         await context.abort(status_code(exc), str(exc))
