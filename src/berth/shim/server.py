@@ -1,0 +1,107 @@
+"""The long-running shim server: one asyncio loop serving the Task API.
+
+Owns process-wide setup (subreaper, signals, the shim log, the listening
+socket) and the shutdown sequence: stop serving, deliver queued events,
+remove the socket, exit.
+
+Footprint notes: the server imports protobuf and the generated task/event
+modules once, keeps no thread pool unless a blocking call needs one (mounts),
+and does not copy non-terminal I/O at all (see :mod:`berth.shim.stdio`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+
+from berth.shim.main import TTRPC_ADDRESS_ENV, Flags, state_dir
+
+__all__ = ["serve"]
+
+log = logging.getLogger("berth.shim")
+
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+
+
+def _open_log(debug: bool) -> None:
+    """containerd opens a FIFO named ``log`` in the bundle and copies what
+    the shim writes there into its own log; use it as stderr when present."""
+    try:
+        if stat.S_ISFIFO(os.stat("log").st_mode):
+            fd = os.open("log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(fd, True)
+            os.dup2(fd, 2)
+            os.close(fd)
+    except OSError:
+        pass  # nobody reading: keep /dev/null
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.INFO,
+        format="time=%(asctime)s level=%(levelname)s msg=%(message)r runtime=io.containerd.berth.v2",
+    )
+
+
+def serve(flags: Flags) -> int:
+    _open_log(flags.debug)
+    return asyncio.run(_serve(flags))
+
+
+async def _serve(flags: Flags) -> int:
+    from berth.shim.events import Publisher
+    from berth.shim.reaper import Reaper, set_child_subreaper
+    from berth.shim.service import SERVICE, TaskService
+    from berth.ttrpc import Server
+
+    loop = asyncio.get_running_loop()
+    set_child_subreaper()
+    reaper = Reaper()
+    reaper.install()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    ttrpc_address = os.environ.get(TTRPC_ADDRESS_ENV) or (
+        flags.address + ".ttrpc" if flags.address else ""
+    )
+    publisher = Publisher(ttrpc_address, flags.namespace)
+    service = TaskService(
+        namespace=flags.namespace,
+        reaper=reaper,
+        publisher=publisher,
+        state_dir=state_dir(flags.address),
+        on_shutdown=stop.set,
+    )
+    server = Server()
+    server.register_service(SERVICE, service)
+    owned_socket = ""
+    if flags.socket:
+        await server.start(flags.socket)
+        owned_socket = flags.socket.removeprefix("unix://")
+    else:
+        sock = socket.socket(fileno=3)
+        sock.setblocking(False)
+        await server.start(sock=sock)
+    log.debug("serving shim api, pid %d", os.getpid())
+
+    await stop.wait()
+
+    await server.shutdown(timeout=2.0)
+    service.close()
+    await publisher.close(SHUTDOWN_FLUSH_TIMEOUT)
+    # The listening socket came from `start`; its file is ours to remove.
+    with contextlib.suppress(OSError):
+        with open("address") as f:
+            address = f.read().strip().removeprefix("unix://")
+        if address:
+            os.unlink(address)
+    if owned_socket:
+        with contextlib.suppress(OSError):
+            os.unlink(owned_socket)
+    reaper.close()
+    return 0
