@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
 # Berth's main job, from a fresh Debian 12 machine, as root: install what is
-# missing, start berthd on its default socket, and talk to it with the real ctr.
+# missing, start berthd, and talk to it with the real ctr.
+#
+# Environment overrides (used by the test that keeps this script honest):
+#   BERTH_ROOT, BERTH_STATE, BERTH_ADDRESS, BERTH_LOG, BERTH_PIDFILE
+#   BERTH_SKIP_SETUP=1 to skip scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+[[ ${BERTH_SKIP_SETUP:-0} == 1 ]] || ./scripts/setup.sh
 
-SOCK=${BERTH_ADDRESS:-/run/berth/berth.sock}
+ROOT=${BERTH_ROOT:-/var/lib/berth}
+STATE=${BERTH_STATE:-/run/berth}
+SOCK=${BERTH_ADDRESS:-$STATE/berth.sock}
 LOG=${BERTH_LOG:-/var/log/berthd.log}
+PIDFILE=${BERTH_PIDFILE:-$STATE/berthd.pid}
+CTR=(ctr --address "$SOCK")
 
-if ! ctr --address "$SOCK" version >/dev/null 2>&1; then
-  echo "starting berthd (log: $LOG)"
-  nohup berthd --address "$SOCK" >>"$LOG" 2>&1 &
-  echo $! > /run/berthd.pid
-  for _ in $(seq 1 100); do
-    ctr --address "$SOCK" version >/dev/null 2>&1 && break
+# ctr waits 10 s for a socket that does not exist, so look before asking.
+if ! { [[ -S "$SOCK" ]] && "${CTR[@]}" --timeout 5s version >/dev/null 2>&1; }; then
+  echo "starting berthd (root $ROOT, socket $SOCK, log $LOG)"
+  mkdir -p "$(dirname "$LOG")"
+  nohup .venv/bin/berthd --root "$ROOT" --state "$STATE" --address "$SOCK" >>"$LOG" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 200); do
+    [[ -S "$SOCK" ]] && "${CTR[@]}" version >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { echo "berthd failed to start; see $LOG" >&2; tail -5 "$LOG" >&2; exit 1; }
     sleep 0.1
   done
+  echo "$pid" >"$PIDFILE"
 fi
 
 set -x
-ctr --address "$SOCK" version
-ctr --address "$SOCK" plugins ls
-ctr --address "$SOCK" namespaces create demo purpose=first-run 2>/dev/null || true
-ctr --address "$SOCK" namespaces ls
+"${CTR[@]}" version
+"${CTR[@]}" plugins ls
+"${CTR[@]}" namespaces create demo purpose=first-run 2>/dev/null || true
+"${CTR[@]}" namespaces ls
 set +x
 echo
-echo "berthd is running (pid $(cat /run/berthd.pid 2>/dev/null || echo '?')); stop it with: kill \$(cat /run/berthd.pid)"
+echo "berthd is running (pid $(cat "$PIDFILE" 2>/dev/null || echo '?')); stop it with: kill \$(cat $PIDFILE)"
