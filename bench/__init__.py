@@ -1,0 +1,1 @@
+"""Benchmarks of Berth against containerd (see bench/berthbench and docs/benchmarks.md)."""
