@@ -11,8 +11,8 @@ Layering, bottom up; each module imports only those above it in this list:
 * :mod:`~berth.shim.stats`, :mod:`~berth.shim.oom`, :mod:`~berth.shim.events` -
   metrics, OOM notification, event forwarding (protobuf starts here);
 * :mod:`~berth.shim.service` - the ``containerd.task.v2.Task`` ttrpc service;
-* :mod:`~berth.shim.server`, :mod:`~berth.shim.main` - the process and its
-  command line.
+* :mod:`~berth.shim.server`, :mod:`~berth.shim.zygote`, :mod:`~berth.shim.main` -
+  the process (spawned, or forked by the per-daemon zygote) and its command line.
 
 The shim shares only :mod:`berth.ttrpc` (and the generated protobuf modules)
 with the daemon; it never imports gRPC.

@@ -8,13 +8,17 @@ it (``runtime/v2/shim``):
   then an action;
 * ``start`` (cwd is the bundle; runtime options may arrive on stdin as a
   serialized ``Any``): bind the shim socket, write the bundle's ``address``
-  file, spawn the long-running server in its own session with the listening
-  socket as fd 3, print ``unix://...`` and exit. Containers whose spec carries
-  the ``io.containerd.runc.v2.group`` (or CRI sandbox) annotation share one
+  file, have the long-running server forked by the daemon's zygote
+  (:mod:`berth.shim.zygote`, started on first use) or, failing that, spawn
+  it in its own session with the listening socket as fd 3; print
+  ``unix://...`` and exit. Containers whose spec carries the
+  ``io.containerd.runc.v2.group`` (or CRI sandbox) annotation share one
   server;
 * ``delete``: clean up after a dead server (``runc delete --force``, unmount
   the rootfs) and print a ``DeleteResponse`` (exit status 128+SIGKILL);
-* no action: serve ``containerd.task.v2.Task`` on fd 3 (or ``-socket``).
+* no action: serve ``containerd.task.v2.Task`` on fd 3 (or ``-socket``);
+* ``zygote`` (Berth's own, run only by ``start``): the per-daemon process
+  that forks servers.
 
 Socket addresses: containerd puts its shims' sockets in ``<state>/s/<sha256>``
 with the hash over ``<address>/<namespace>/<id>``. Berth derives the state
@@ -243,6 +247,8 @@ def _join_cgroup(path: str, pid: int) -> None:
 
 
 def cmd_start(flags: Flags) -> int:
+    from berth.shim import zygote
+
     address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
     path = address.removeprefix("unix://")
     sock = _listen(path)
@@ -253,33 +259,24 @@ def cmd_start(flags: Flags) -> int:
         return 0
     try:
         _write_atomic("address", address)
-        argv = [*_self_argv(), "-namespace", flags.namespace, "-id", flags.id]
-        argv += ["-address", flags.address, "-publish-binary", flags.publish_binary]
-        if flags.debug:
-            argv.append("-debug")
         env = dict(os.environ)
         env.setdefault(TTRPC_ADDRESS_ENV, flags.address + ".ttrpc" if flags.address else "")
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        listen_fd = os.dup(sock.fileno())
-        try:
-            # A new session: the server must outlive its caller and never
-            # share its terminal. Its stdio is /dev/null, so a caller reading
-            # our output to EOF is not held up by the server.
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, null, 0),
-                    (os.POSIX_SPAWN_DUP2, null, 1),
-                    (os.POSIX_SPAWN_DUP2, null, 2),
-                    (os.POSIX_SPAWN_DUP2, listen_fd, 3),
-                ],
-                setsid=True,
+        pid: int | None = None
+        if zygote.enabled(env):
+            pid = zygote.request_shim(
+                path=zygote.zygote_path(flags.address, state_dir(flags.address)),
+                zygote_argv=zygote.zygote_argv(_self_argv(), flags.address),
+                listener=sock,
+                namespace=flags.namespace,
+                id=flags.id,
+                address=flags.address,
+                publish_binary=flags.publish_binary,
+                debug=flags.debug,
+                bundle=os.getcwd(),
+                env=env,
             )
-        finally:
-            os.close(null)
-            os.close(listen_fd)
+        if pid is None:
+            pid = _spawn_server(flags, sock, env)
     except BaseException:
         sock.close()
         with contextlib.suppress(OSError):
@@ -292,6 +289,35 @@ def cmd_start(flags: Flags) -> int:
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
+
+
+def _spawn_server(flags: Flags, sock: socket.socket, env: dict[str, str]) -> int:
+    """Start the server as a fresh interpreter (no zygote)."""
+    argv = [*_self_argv(), "-namespace", flags.namespace, "-id", flags.id]
+    argv += ["-address", flags.address, "-publish-binary", flags.publish_binary]
+    if flags.debug:
+        argv.append("-debug")
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    listen_fd = os.dup(sock.fileno())
+    try:
+        # A new session: the server must outlive its caller and never
+        # share its terminal. Its stdio is /dev/null, so a caller reading
+        # our output to EOF is not held up by the server.
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, null, 1),
+                (os.POSIX_SPAWN_DUP2, null, 2),
+                (os.POSIX_SPAWN_DUP2, listen_fd, 3),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(null)
+        os.close(listen_fd)
 
 
 def _apply_start_options(data: bytes, pid: int) -> None:
@@ -380,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{name}:\n  Version:  {version}\n  Revision: berth\n")
         return 0
+    if flags.action == "zygote":
+        from berth.shim import zygote
+
+        return zygote.run(flags.address, state_dir(flags.address))
     if not flags.namespace:
         print(f"{name}: shim namespace cannot be empty", file=sys.stderr)
         return 1

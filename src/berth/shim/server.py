@@ -47,12 +47,14 @@ def _open_log(debug: bool) -> None:
     )
 
 
-def serve(flags: Flags) -> int:
+def serve(flags: Flags, *, sock: socket.socket | None = None) -> int:
+    """Serve until shut down. The listening socket is ``sock`` when given
+    (a shim forked by :mod:`berth.shim.zygote`), else ``-socket`` or fd 3."""
     _open_log(flags.debug)
-    return asyncio.run(_serve(flags))
+    return asyncio.run(_serve(flags, sock))
 
 
-async def _serve(flags: Flags) -> int:
+async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
     from berth.shim.events import Publisher
     from berth.shim.reaper import Reaper, set_child_subreaper
     from berth.shim.service import SERVICE, TaskService
@@ -80,11 +82,12 @@ async def _serve(flags: Flags) -> int:
     server = Server()
     server.register_service(SERVICE, service)
     owned_socket = ""
-    if flags.socket:
+    if flags.socket and sock is None:
         await server.start(flags.socket)
         owned_socket = flags.socket.removeprefix("unix://")
     else:
-        sock = socket.socket(fileno=3)
+        if sock is None:
+            sock = socket.socket(fileno=3)
         sock.setblocking(False)
         await server.start(sock=sock)
     log.debug("serving shim api, pid %d", os.getpid())
