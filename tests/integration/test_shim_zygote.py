@@ -5,6 +5,7 @@ starts and goes away when idle, leaving nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from google.protobuf import any_pb2
 
+from berth import errdefs
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.api.types.task import task_pb2
 from berth.shim import zygote
@@ -107,7 +109,9 @@ class Env:
     async def finish(self, task: Any, id: str) -> None:
         with_exit = await task.State(api.StateRequest(id=id))
         if with_exit.status == task_pb2.RUNNING:
-            await task.Kill(api.KillRequest(id=id, signal=signal.SIGKILL))
+            # A short-lived process may exit between State and Kill.
+            with contextlib.suppress(errdefs.NotFound):
+                await task.Kill(api.KillRequest(id=id, signal=signal.SIGKILL))
         await asyncio.wait_for(task.Wait(api.WaitRequest(id=id)), 15)
         await task.Delete(api.DeleteRequest(id=id))
         await task.Shutdown(api.ShutdownRequest(id=id))
