@@ -7,6 +7,10 @@ the repository. protoc derives Python module paths from proto import paths, and
 under build/protos/berth/api/... with their import lines rewritten to match.
 Only file locations change: proto packages, message names and field numbers
 stay exactly as containerd defines them, which is what wire compatibility needs.
+
+Berth's own APIs (proto/ in the repository, e.g. the Transfer service) are
+compiled in the same run, staged under berth/api/ too, so they import
+containerd's types by their usual github.com/... paths.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 GOCODE = Path("/usr/share/gocode/src")
 CONTAINERD = GOCODE / "github.com/containerd/containerd"
 REPO = Path(__file__).resolve().parent.parent
+BERTH_PROTOS = REPO / "proto"
 STAGE = REPO / "build" / "protos"
 OUT = REPO / "src"
 API = OUT / "berth" / "api"
@@ -41,6 +46,9 @@ def sources() -> list[tuple[Path, str]]:
     cg = GOCODE / "github.com/containerd/cgroups"
     found.append((cg / "stats/v1/metrics.proto", "cgroups/stats/v1/metrics.proto"))
     found.append((cg / "v2/stats/metrics.proto", "cgroups/v2/stats/metrics.proto"))
+    # Berth's own protos: proto/berth/... -> berth/api/berth/... (berth.api.berth.*).
+    for p in sorted(BERTH_PROTOS.rglob("*.proto")):
+        found.append((p, str(p.relative_to(BERTH_PROTOS))))
     return found
 
 
@@ -61,7 +69,8 @@ def main() -> int:
     # Map every import spelling a proto may use onto its staged location.
     rename: dict[str, str] = {}
     for src, dest in srcs:
-        rename[str(src.relative_to(GOCODE))] = f"berth/api/{dest}"
+        if src.is_relative_to(GOCODE):
+            rename[str(src.relative_to(GOCODE))] = f"berth/api/{dest}"
     rename["gogoproto/gogo.proto"] = "berth/api/gogoproto/gogo.proto"
 
     def fix(m: re.Match[str]) -> str:

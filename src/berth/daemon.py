@@ -137,6 +137,7 @@ class Daemon:
 
         p = self.paths
         _check_socket_path(p.address)
+        _check_socket_path(p.ttrpc_address)  # shims' events socket (shim-events plugin)
         _make_dir(p.root, 0o700, "root")
         _make_dir(p.state, 0o711, "state")
         self.lock.acquire()
@@ -156,6 +157,9 @@ class Daemon:
                 disabled=self.cfg.disabled_plugins,
                 required=self.cfg.required_plugins,
             )
+            with contextlib.suppress(FileNotFoundError):
+                # The shim-events plugin created it 0660; give it its configured owner.
+                os.chown(p.ttrpc_address, self.cfg.ttrpc.uid, self.cfg.ttrpc.gid)
             self.server = aio.server(
                 interceptors=[ErrorInterceptor()],
                 options=[
@@ -224,6 +228,12 @@ class Daemon:
         from berth import plugin
 
         if self.server is not None:
+            # Endless streams (event subscriptions) would hold the whole grace
+            # period; services offering `end_streams` finish them first.
+            for pl in self.plugins.ordered if self.plugins is not None else ():
+                end_streams = getattr(pl.instance, "end_streams", None)
+                if pl.ok and end_streams is not None:
+                    end_streams()
             await self.server.stop(grace=5)
             self.server = None
         if self.plugins is not None:

@@ -64,8 +64,8 @@ def test_second_daemon_on_same_root_refuses(berthd: Berthd) -> None:
 
 def test_stale_socket_is_replaced() -> None:
     base = short_tmpdir()
+    d = Berthd(base)
     try:
-        d = Berthd(base)
         d.start()
         d.kill9()  # a crash leaves the socket file behind
         assert os.path.exists(d.address)
@@ -74,6 +74,7 @@ def test_stale_socket_is_replaced() -> None:
             version_pb2_grpc.VersionStub(ch).Version(empty_pb2.Empty(), timeout=10)
         d.stop()
     finally:
+        d.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -170,10 +171,8 @@ def test_config_dump_reflects_flags() -> None:
 
 def test_disabled_plugin_is_skipped_and_required_failure_is_fatal() -> None:
     base = short_tmpdir()
+    d = Berthd(base, config='version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.leases"]\n')
     try:
-        d = Berthd(
-            base, config='version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.leases"]\n'
-        )
         d.start()
         out = d.ctr("plugins", "ls").stdout
         row = next(line for line in out.splitlines() if "leases" in line)
@@ -189,6 +188,7 @@ def test_disabled_plugin_is_skipped_and_required_failure_is_fatal() -> None:
         res = _run_berthd(d.argv()[3:])
         assert res.returncode == 1 and "required plugins failed" in res.stderr
     finally:
+        d.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

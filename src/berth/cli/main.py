@@ -27,6 +27,10 @@ COMMANDS: dict[str, str] = {
     "plugins": "berth.cli.plugins:plugins",
     "namespaces": "berth.cli.namespaces:namespaces",
     "leases": "berth.cli.leases:leases",
+    "images": "berth.cli.images:images",
+    "content": "berth.cli.content:content",
+    "events": "berth.cli.events:events",
+    "containers": "berth.cli.containers:containers",
 }
 
 #: Extra names, as ctr accepts them.
@@ -35,6 +39,11 @@ ALIASES: dict[str, str] = {
     "namespace": "namespaces",
     "ns": "namespaces",
     "lease": "leases",
+    "image": "images",
+    "i": "images",
+    "event": "events",
+    "container": "containers",
+    "c": "containers",
 }
 
 CONTEXT_SETTINGS: dict[str, Any] = {

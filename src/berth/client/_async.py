@@ -5,15 +5,42 @@ The work of each call lives in ``_core``; see its module docstring for why.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from berth.client import _config, _core
-from berth.client._transport import AsyncTransport
-from berth.client.types import Lease, Namespace, Plugin, Resource, Version
+from berth.client._transport import AsyncStream, AsyncTransport, open_async_stream
+from berth.client.types import (
+    AnyValue,
+    BlobCheck,
+    Container,
+    ContentInfo,
+    Descriptor,
+    Image,
+    ImageCheck,
+    ImageConfig,
+    ImageDetails,
+    ImageSummary,
+    IngestStatus,
+    Lease,
+    Mount,
+    Namespace,
+    Plugin,
+    PulledImage,
+    Resource,
+    TransferProgress,
+    Version,
+)
+
+if TYPE_CHECKING:
+    from berth.client._content_store import ImageRecord
+    from berth.client._sync import Client
 
 
 class AsyncClient:
@@ -40,6 +67,10 @@ class AsyncClient:
         self._owner = True
         self.namespaces = AsyncNamespaces(self)
         self.leases = AsyncLeases(self)
+        self.events = AsyncEvents(self)
+        self.containers = AsyncContainers(self)
+        self.images = AsyncImages(self)
+        self.content = AsyncContent(self)
 
     def __repr__(self) -> str:
         return f"AsyncClient(address={self.address!r}, namespace={self.namespace!r})"
@@ -72,6 +103,10 @@ class AsyncClient:
         view._owner = False
         view.namespaces = AsyncNamespaces(view)
         view.leases = AsyncLeases(view)
+        view.events = AsyncEvents(view)
+        view.containers = AsyncContainers(view)
+        view.images = AsyncImages(view)
+        view.content = AsyncContent(view)
         return view
 
     def with_namespace(self, namespace: str) -> AsyncClient:
@@ -104,6 +139,94 @@ class AsyncClient:
         """The daemon's plugins, in load order, matching any of ``filters``."""
         return await self._run(_core.plugins(filters))
 
+    # --- image transfers (the daemon talks to the registry; see berth.services.transfer) ---
+
+    async def pull(
+        self,
+        ref: str,
+        *,
+        platform: str | Iterable[str] | None = None,
+        all_platforms: bool = False,
+        unpack: bool = True,
+        snapshotter: str = _core.DEFAULT_SNAPSHOTTER,
+        plain_http: bool = False,
+        hosts_dir: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        max_concurrent_downloads: int = 0,
+        labels: Mapping[str, str] | None = None,
+        on_progress: Callable[[TransferProgress], Any] | None = None,
+    ) -> PulledImage:
+        """Have the daemon pull ``ref`` (``host/repo:tag`` or ``@digest``) and record it.
+
+        ``platform`` (one specifier or several, e.g. ``"linux/arm64"``) picks
+        the manifests of an index (default: the daemon's platform);
+        ``all_platforms`` fetches all. With ``unpack`` the layers are also
+        unpacked into ``snapshotter`` as they arrive (see the result's
+        ``unpacked`` and ``warnings``). ``hosts_dir`` is a containerd
+        ``hosts.toml`` directory on the daemon's host; ``user`` is
+        ``USER[:PASSWORD]`` (or give ``password``). ``on_progress`` receives
+        each blob's latest :class:`TransferProgress`, batched by the daemon.
+
+        Raises NotFound (no such tag, blob or platform), InvalidArgument (bad
+        reference, platform or manifest), FailedPrecondition (content not
+        matching its digest), and BerthError with the registry's reason when
+        it refuses access (e.g. "unauthorized: ..."). Cancelling the call (an
+        exception in ``on_progress``, ^C, task cancellation) cancels the pull.
+        """
+        name, secret = _core.split_user(user, password)
+        return await self._run(
+            _core.transfer_pull(
+                ref,
+                platform,
+                all_platforms,
+                unpack,
+                snapshotter,
+                plain_http,
+                hosts_dir,
+                name,
+                secret,
+                max_concurrent_downloads,
+                labels,
+                on_progress,
+            )
+        )
+
+    async def push(
+        self,
+        ref: str,
+        *,
+        source: str | None = None,
+        platform: str | Iterable[str] | None = None,
+        plain_http: bool = False,
+        hosts_dir: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        max_concurrent_uploads: int = 0,
+        on_progress: Callable[[TransferProgress], Any] | None = None,
+    ) -> Descriptor:
+        """Have the daemon push the local image ``source`` (default: ``ref``) to ``ref``.
+
+        ``platform`` limits which manifests of an index are pushed (default:
+        all). Returns the pushed root descriptor. Raises NotFound (no such
+        local image, or content missing), InvalidArgument, and the registry's
+        refusals as for :meth:`pull`.
+        """
+        name, secret = _core.split_user(user, password)
+        return await self._run(
+            _core.transfer_push(
+                ref,
+                source,
+                platform,
+                plain_http,
+                hosts_dir,
+                name,
+                secret,
+                max_concurrent_uploads,
+                on_progress,
+            )
+        )
+
     @contextlib.asynccontextmanager
     async def lease(
         self,
@@ -121,6 +244,77 @@ class AsyncClient:
             yield self.with_lease(created.id)
         finally:
             await self._run(_core.leases_delete_quietly(created.id))
+
+    # --- image archives (run here, as ctr does; see berth.client._content_store) ---
+
+    async def import_archive(
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        *,
+        base_name: str | None = None,
+        digests: bool = False,
+        skip_digest_for_named: bool = False,
+        index_name: str | None = None,
+        all_platforms: bool = False,
+        platform: str | None = None,
+        compress_blobs: bool = False,
+    ) -> builtins.list[ImageRecord]:
+        """Import an OCI layout or ``docker save`` tar (see ``Client.import_archive``).
+
+        The archive code blocks, so it runs in a worker thread over a blocking
+        connection of its own, opened for this call.
+        """
+        from berth.client import _content_store
+
+        def work() -> builtins.list[ImageRecord]:
+            with self._blocking_twin() as client:
+                return _content_store.import_from(
+                    client,
+                    source,
+                    base_name=base_name,
+                    digests=digests,
+                    skip_digest_for_named=skip_digest_for_named,
+                    index_name=index_name,
+                    all_platforms=all_platforms,
+                    platform=platform,
+                    compress_blobs=compress_blobs,
+                )
+
+        return await asyncio.to_thread(work)
+
+    async def export_archive(
+        self,
+        dest: str | os.PathLike[str] | BinaryIO,
+        names: Iterable[str],
+        *,
+        platforms: Sequence[str] = (),
+        all_platforms: bool = False,
+        docker_manifest: bool = True,
+        skip_non_distributable: bool = False,
+    ) -> None:
+        """Export images as an OCI layout tar (see ``Client.export_archive``)."""
+        from berth.client import _content_store
+
+        def work() -> None:
+            with self._blocking_twin() as client:
+                _content_store.export_to(
+                    client,
+                    dest,
+                    names,
+                    platforms=platforms,
+                    all_platforms=all_platforms,
+                    docker_manifest=docker_manifest,
+                    skip_non_distributable=skip_non_distributable,
+                )
+
+        await asyncio.to_thread(work)
+
+    def _blocking_twin(self) -> Client:
+        from berth.client._sync import Client
+
+        return Client(
+            self.address, namespace=self.namespace, timeout=self.timeout, lease=self.lease_id
+        )
 
 
 class AsyncNamespaces:
@@ -189,3 +383,231 @@ class AsyncLeases:
     async def list_resources(self, lease_id: str) -> builtins.list[Resource]:
         """The resources a lease holds. Raises NotFound."""
         return await self._client._run(_core.leases_list_resources(lease_id))
+
+
+class AsyncContainers:
+    """The Containers service: ``AsyncClient.containers``.
+
+    Also resolves what a container is made from: an image's config for a
+    platform (:meth:`image_config`) and a rootfs snapshot on top of the
+    unpacked image (:meth:`prepare_rootfs`).
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, filters: Iterable[str] = ()) -> builtins.list[Container]:
+        """The namespace's containers matching any of ``filters``, by id.
+
+        Fields: ``id``, ``image``, ``runtime.name``, ``labels.<key>``. A
+        malformed filter raises InvalidArgument.
+        """
+        return await self._client._run(_core.containers_list(filters))
+
+    async def get(self, container_id: str) -> Container:
+        """One container. Raises NotFound."""
+        return await self._client._run(_core.containers_get(container_id))
+
+    async def create(
+        self,
+        container_id: str,
+        *,
+        spec: Mapping[str, Any] | bytes | AnyValue,
+        runtime: str = _core.DEFAULT_RUNTIME,
+        runtime_options: AnyValue | None = None,
+        image: str = "",
+        labels: Mapping[str, str] | None = None,
+        snapshotter: str = "",
+        snapshot_key: str = "",
+        extensions: Mapping[str, AnyValue] | None = None,
+    ) -> Container:
+        """Create a container record (no task is started).
+
+        ``spec`` is the OCI spec as a dict or JSON bytes (stored with
+        containerd's spec type URL), or an already typed :class:`AnyValue`.
+        Raises AlreadyExists, or InvalidArgument for a bad id, label, a
+        missing runtime, or a snapshot key without a snapshotter.
+        """
+        return await self._client._run(
+            _core.containers_create(
+                container_id,
+                spec,
+                runtime,
+                runtime_options,
+                image,
+                labels,
+                snapshotter,
+                snapshot_key,
+                extensions,
+            )
+        )
+
+    async def label(self, container_id: str, labels: Mapping[str, str]) -> Container:
+        """Set the given labels (an empty value removes one); others stay.
+
+        Returns the container as it is afterwards. Raises NotFound.
+        """
+        return await self._client._run(_core.containers_label(container_id, labels))
+
+    async def delete(self, container_id: str) -> None:
+        """Delete the record; its snapshot is left to garbage collection. Raises NotFound."""
+        return await self._client._run(_core.containers_delete(container_id))
+
+    async def image_config(self, image: str, *, platform: str | None = None) -> ImageConfig:
+        """The config of image ``image`` for ``platform`` (default: this host's).
+
+        Raises NotFound for a missing image or blob, or when no manifest
+        matches the platform.
+        """
+        return await self._client._run(_core.image_config(image, platform))
+
+    async def prepare_rootfs(
+        self,
+        key: str,
+        image: ImageConfig,
+        *,
+        snapshotter: str = _core.DEFAULT_SNAPSHOTTER,
+        labels: Mapping[str, str] | None = None,
+    ) -> builtins.list[Mount]:
+        """Prepare snapshot ``key`` over the unpacked ``image``; return its mounts.
+
+        Raises FailedPrecondition if the image is not unpacked for
+        ``snapshotter``, AlreadyExists if ``key`` is taken. Call it under a
+        lease (:meth:`AsyncClient.lease`) until a container references the key.
+        """
+        return await self._client._run(_core.prepare_rootfs(image, snapshotter, key, labels))
+
+
+class AsyncImages:
+    """The Images service: ``client.images`` (pulling is :meth:`AsyncClient.pull`)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, filters: Iterable[str] = ()) -> builtins.list[Image]:
+        """The namespace's images matching any of ``filters``, by name.
+
+        Fields: ``name``, ``target.digest``, ``target.mediatype``,
+        ``labels.<key>``. A malformed filter raises InvalidArgument.
+        """
+        return await self._client._run(_core.images_list(filters))
+
+    async def get(self, name: str) -> Image:
+        """One image record. Raises NotFound."""
+        return await self._client._run(_core.images_get(name))
+
+    async def delete(self, name: str, *, sync: bool = False) -> None:
+        """Delete an image record; ``sync`` waits until its unreferenced content is collected.
+
+        Raises NotFound.
+        """
+        return await self._client._run(_core.images_delete(name, sync))
+
+    async def tag(self, source: str, target: str, *, force: bool = False) -> Image:
+        """Name ``target`` the image ``source`` is (same target and labels).
+
+        Raises NotFound for ``source``; AlreadyExists for ``target`` unless
+        ``force``, which replaces it.
+        """
+        return await self._client._run(_core.images_tag(source, target, force))
+
+    async def inspect(self, name: str, *, platform: str | None = None) -> ImageDetails:
+        """The image's index (if any), manifest for ``platform`` (default: this
+        host's) and config, read from the content store and parsed.
+
+        Raises NotFound (image, blob, or no manifest for the platform),
+        InvalidArgument (a document that is not JSON).
+        """
+        return await self._client._run(_core.images_inspect(name, platform))
+
+    async def summary(self, image: Image) -> ImageSummary:
+        """Size for this host's platform and all platforms of ``image`` (as ``ctr images ls``)."""
+        return await self._client._run(_core.images_summary(image))
+
+    async def check(self, image: Image, *, platform: str | None = None) -> ImageCheck:
+        """Read back every blob ``image`` needs for ``platform`` and verify its digest.
+
+        Missing and corrupt blobs are reported in the result, not raised.
+        """
+        return await self._client._run(_core.images_check(image, platform))
+
+
+class AsyncContent:
+    """The Content service: ``client.content``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, filters: Iterable[str] = ()) -> builtins.list[ContentInfo]:
+        """The namespace's blobs matching any of ``filters`` (``digest``, ``size``, ``labels.<key>``)."""
+        return await self._client._run(_core.content_list(filters))
+
+    async def info(self, digest: str) -> ContentInfo:
+        """One blob's record. Raises NotFound, InvalidArgument for a bad digest."""
+        return await self._client._run(_core.content_info(digest))
+
+    async def get(
+        self, digest: str, out: Callable[[bytes], Any], *, offset: int = 0, size: int = 0
+    ) -> int:
+        """Stream a blob into ``out`` (called with each chunk, e.g. ``file.write``).
+
+        ``size`` <= 0 reads to the end. Returns the bytes delivered. Raises
+        NotFound, OutOfRange for an offset past the end.
+        """
+        return await self._client._run(_core.content_read(digest, offset, size, out))
+
+    async def read(self, digest: str) -> bytes:
+        """A whole blob in memory (meant for manifests and configs). Raises NotFound."""
+        chunks: builtins.list[bytes] = []
+        await self._client._run(_core.content_read(digest, 0, 0, chunks.append))
+        return b"".join(chunks)
+
+    async def delete(self, digest: str) -> None:
+        """Remove the namespace's record of a blob; the file goes at the next GC. Raises NotFound."""
+        return await self._client._run(_core.content_delete(digest))
+
+    async def active(self, filters: Iterable[str] = ()) -> builtins.list[IngestStatus]:
+        """Ingests in progress (field ``ref``)."""
+        return await self._client._run(_core.content_active(filters))
+
+    async def abort(self, ref: str) -> None:
+        """Discard an ingest. Raises NotFound."""
+        return await self._client._run(_core.content_abort(ref))
+
+    async def ingest(
+        self,
+        ref: str,
+        chunks: Iterable[bytes],
+        *,
+        expected: str | None = None,
+        size: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Write ``chunks`` as the ingest ``ref``, commit it and return its digest.
+
+        ``expected`` and ``size`` (0: unknown) are verified at commit (FailedPrecondition
+        on a mismatch). Call it under a lease, or the blob is garbage at the next
+        collection. Raises AlreadyExists if ``expected`` is already present.
+        """
+        return await self._client._run(_core.content_ingest(ref, chunks, expected, size, labels))
+
+    async def check(self, filters: Iterable[str] = ()) -> builtins.list[BlobCheck]:
+        """Read back every blob matching ``filters`` and verify its digest and size."""
+        return await self._client._run(_core.content_check(filters))
+
+
+class AsyncEvents:
+    """The Events service: ``client.events``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def subscribe(self, filters: Iterable[str] = ()) -> AsyncStream[_core.Event]:
+        """Stream the daemon's events matching any of ``filters`` (see ``Events.subscribe``).
+
+        Not a coroutine: it returns the stream at once; read it with
+        ``async for`` and close it with ``async with`` or ``close()``.
+        """
+        c = self._client
+        md = _core.metadata(c.namespace, c.lease_id)
+        return open_async_stream(c._transport, _core.events_subscribe(filters), md)

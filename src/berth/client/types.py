@@ -114,3 +114,235 @@ class Resource:
 
     id: str
     type: str
+
+
+#: The type URL containerd gives an OCI runtime spec stored in a container.
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+
+@dataclass(frozen=True, slots=True)
+class AnyValue:
+    """An opaque typed payload (a protobuf ``Any``): its type URL and bytes."""
+
+    type_url: str
+    value: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A container record: what a task will be created from.
+
+    ``spec`` is the stored OCI spec; :attr:`spec_json` decodes it when it has
+    containerd's spec type. ``runtime_options`` and ``extensions`` stay opaque.
+    """
+
+    id: str
+    runtime: str
+    spec: AnyValue | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    runtime_options: AnyValue | None = None
+    extensions: dict[str, AnyValue] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def spec_json(self) -> dict[str, object] | None:
+        """The OCI spec as parsed JSON, or None if absent or of another type."""
+        import json
+
+        if self.spec is None or self.spec.type_url != SPEC_TYPE_URL:
+            return None
+        decoded: dict[str, object] = json.loads(self.spec.value or b"{}")
+        return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A mount a snapshotter hands out (containerd's ``types.Mount``)."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """An image's config for one platform, as containers are made from it.
+
+    ``config`` is the whole config document (``config.Env``, ``config.Cmd``,
+    ``rootfs.diff_ids``...); ``chain_id`` names the snapshot an unpacked image
+    leaves behind (empty for an image without layers).
+    """
+
+    name: str
+    manifest_digest: str
+    config_digest: str
+    config: dict[str, object]
+    diff_ids: tuple[str, ...]
+    chain_id: str
+
+
+# --- images, content and transfers -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """An OCI descriptor: what a blob is, its digest and size."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image record: a name pointing at a root descriptor (manifest or index)."""
+
+    name: str
+    target: Descriptor
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PulledImage(Image):
+    """What a pull returns: the image record, plus whether the daemon unpacked it.
+
+    ``warnings`` are things that did not fail the pull but that the caller
+    should know, such as "not unpacked: no unpacker loaded".
+    """
+
+    unpacked: bool = False
+    snapshotter: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContentInfo:
+    """One blob the namespace has."""
+
+    digest: str
+    size: int
+    created_at: datetime
+    updated_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """An ingest (a write in progress): ``offset`` of ``total`` bytes written."""
+
+    ref: str
+    offset: int
+    total: int
+    expected: str
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """The latest state of one blob in a pull or push (or a layer being unpacked).
+
+    ``key`` is the blob's ingest ref as ctr shows it (``layer-sha256:...``).
+    ``status``: waiting, downloading, uploading, exists, mounted, done,
+    unpacking or unpacked. ``offset`` of ``total`` bytes have moved.
+    """
+
+    key: str
+    digest: str
+    media_type: str
+    status: str
+    offset: int
+    total: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("exists", "mounted", "done", "unpacked")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetails:
+    """An image's documents as stored: ``index`` (None for a single manifest),
+    the ``manifest`` chosen for the platform, and its ``config``, all parsed JSON.
+    ``manifest_descriptor`` names the manifest that was chosen."""
+
+    image: Image
+    index: dict[str, object] | None
+    manifest_descriptor: Descriptor
+    manifest: dict[str, object]
+    config: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSummary:
+    """What ``images ls`` shows besides the record: the size for the host
+    platform (manifest, config and layers) and every platform the image has."""
+
+    size: int
+    platforms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobCheck:
+    """One blob of an image (or of the store) checked by reading it back.
+
+    ``status``: ``ok``; ``missing`` (not in the store); ``corrupt`` (its bytes
+    hash to ``actual`` or their size differs).
+    """
+
+    digest: str
+    size: int
+    media_type: str
+    status: str
+    actual: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCheck:
+    """The outcome of checking one image's content, as ``ctr images check``.
+
+    ``required`` are the blobs the host platform needs; ``blobs`` says what was
+    found for each. ``available`` is False when a missing manifest or index
+    means the full list of required blobs cannot be known.
+    """
+
+    image: Image
+    available: bool
+    blobs: tuple[BlobCheck, ...]
+
+    @property
+    def required(self) -> tuple[BlobCheck, ...]:
+        """The config and layers: what ``ctr images check`` counts (manifests
+        and indexes are verified too, but not counted)."""
+        return tuple(b for b in self.blobs if not _is_document(b.media_type))
+
+    @property
+    def present(self) -> tuple[BlobCheck, ...]:
+        """The counted blobs that are present and intact."""
+        return tuple(b for b in self.required if b.status == "ok")
+
+    @property
+    def complete(self) -> bool:
+        return self.available and all(b.status == "ok" for b in self.blobs)
+
+    @property
+    def status(self) -> str:
+        """``complete``, ``incomplete``, ``corrupt`` or ``unavailable`` (ctr's words plus corrupt)."""
+        if any(b.status == "corrupt" for b in self.blobs):
+            return "corrupt"
+        if not self.available:
+            return "unavailable"
+        return "complete" if self.complete else "incomplete"
+
+
+def _is_document(media_type: str) -> bool:
+    return media_type.endswith(
+        ("manifest.v1+json", "index.v1+json", "manifest.v2+json", "manifest.list.v2+json")
+    )

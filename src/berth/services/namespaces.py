@@ -6,11 +6,31 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from berth import errdefs, plugin
+from berth import errdefs, identifiers, namespaces, plugin
+from berth.api.events import namespace_pb2 as events_pb
 from berth.api.services.namespaces.v1 import namespace_pb2 as pb
 from berth.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
+from berth.core import events
 from berth.core.metadata.db import DB
 from berth.core.metadata.namespaces import NamespaceStore
+
+
+def _event_namespace(context: Any, fallback: str) -> str:
+    """The namespace a namespace event is published in: the request's own.
+
+    containerd publishes create and update events in the namespace the
+    request names in its metadata (ctr always sends one). A request without
+    a valid one would make containerd fail *after* the change was made; Berth
+    publishes under the affected namespace instead.
+    """
+    ns = namespaces.from_metadata(context.invocation_metadata())
+    if not ns:
+        return fallback
+    try:
+        identifiers.validate(ns)
+    except errdefs.InvalidArgument:
+        return fallback
+    return ns
 
 
 class NamespacesService(pb_grpc.NamespacesServicer):
@@ -38,6 +58,11 @@ class NamespacesService(pb_grpc.NamespacesServicer):
     ) -> pb.CreateNamespaceResponse:
         ns = request.namespace
         await self.db.run(lambda: self.store.create(ns.name, dict(ns.labels)))
+        await events.publisher().publish(
+            _event_namespace(context, ns.name),
+            "/namespaces/create",
+            events_pb.NamespaceCreate(name=ns.name, labels=ns.labels),
+        )
         return pb.CreateNamespaceResponse(namespace=ns)
 
     async def Update(
@@ -59,10 +84,20 @@ class NamespacesService(pb_grpc.NamespacesServicer):
             lbls = await self.db.run(
                 lambda: self.store.set_labels(ns.name, dict(ns.labels), replace=True)
             )
+        # containerd's event carries the request's labels, not the result.
+        await events.publisher().publish(
+            _event_namespace(context, ns.name),
+            "/namespaces/update",
+            events_pb.NamespaceUpdate(name=ns.name, labels=ns.labels),
+        )
         return pb.UpdateNamespaceResponse(namespace=pb.Namespace(name=ns.name, labels=lbls))
 
     async def Delete(self, request: pb.DeleteNamespaceRequest, context: Any) -> empty_pb2.Empty:
         await self.db.run(lambda: self.store.delete(request.name))
+        # Published in the deleted namespace itself, as containerd does.
+        await events.publisher().publish(
+            request.name, "/namespaces/delete", events_pb.NamespaceDelete(name=request.name)
+        )
         return empty_pb2.Empty()
 
 

@@ -1,13 +1,15 @@
 """Event publishing seam: what domain services call to announce a change.
 
-This package owns only the interface. Services publish through
+This module owns only the interface. Services publish through
 :func:`publisher`, which returns whatever exchange the daemon installed with
 :func:`set_publisher`; until then events are dropped. The real exchange
-(fan-out to ``Subscribe`` streams, forwarding from shims) is built separately
-and plugs in here without any publisher changing.
+(fan-out to ``Subscribe`` streams, forwarding from shims) lives in
+:mod:`berth.core.events.exchange`, and the protobuf ``Any``/type-URL codec it
+uses in :mod:`berth.core.events.typeurl`; the events plugin
+(:mod:`berth.services.events`) installs it here at boot.
 
 ``event`` is a containerd event payload (``berth.api.events.*_pb2`` message);
-this package does not look inside it, so it stays free of protobuf imports.
+this module does not look inside it, so it stays free of protobuf imports.
 """
 
 from __future__ import annotations

@@ -1,0 +1,485 @@
+"""Daemon-side image transfers: pull a registry image into a namespace, push one out.
+
+This module owns the glue between the registry client (:mod:`berth.core.remotes`)
+and the metadata store (:mod:`berth.core.metadata`): it is what berthd runs when
+a client asks it to pull or push, instead of moving every byte through the
+Content service as containerd 1.6's clients do.
+
+Design notes
+------------
+*Leases.* A pull runs under a lease of its own, created with a
+``containerd.io/gc.expire`` label and deleted when the pull ends, whatever the
+outcome (as containerd's ``Client.Pull`` does with ``WithLease``). Everything
+the pull writes -- ingests, and content once committed -- is a resource of
+that lease, and content the pull finds already present is added to it too, so
+a collection running mid-pull cannot take anything the image will reference.
+If berthd dies mid-pull, the lease outlives it until it expires: its ingests
+survive, and the next pull of the same image resumes them (the ingest refs are
+deterministic, ``layer-sha256:...``). Once the image record exists it is what
+keeps the content, and the lease can go.
+
+*Namespaces.* The registry client works against the plain
+:class:`~berth.core.content.Store` interface; :class:`LeasedContent` adapts the
+namespaced, lease-aware metadata store to it for one namespace and lease, and
+:class:`MetadataLabeler` gives the pipeline the namespace's labels (GC
+references between manifests and their children, distribution sources).
+
+*Unpacking* is a seam: an :data:`UnpackerFactory` (registered by the unpack
+subsystem) is asked for a per-layer :data:`~berth.core.remotes.UnpackFn` for
+one pull; the pipeline calls it in layer order as layers land, so applying
+layer N overlaps downloading N+1. Without a factory a pull still succeeds and
+says that nothing was unpacked.
+
+*Secrets.* Registry credentials only ever live in :class:`RegistryOptions`
+(whose ``repr`` hides the secret) and the resolver's credential lookup; they
+are never logged or put in a lease, label or error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from berth import errdefs
+from berth.core.content import Descriptor, Digest, Info, ReaderAt, Status, Writer
+from berth.core.content.errors import OutOfRange
+from berth.core.content.store import InfoFilter, StatusFilter, WalkFn
+from berth.core.images.platforms import MatchComparer, matcher_for
+from berth.core.metadata.content import ContentStore
+from berth.core.metadata.gc import LABEL_EXPIRE
+from berth.core.metadata.images import Image
+from berth.core.metadata.leases import LeaseStore, random_lease_id
+from berth.core.metadata.plugin import Metadata
+from berth.core.remotes import (
+    LayerToUnpack,
+    Progress,
+    Reference,
+    Resolver,
+    UnpackFn,
+    static_credentials,
+)
+from berth.core.remotes import pull as remote_pull
+from berth.core.remotes import push as remote_push
+
+log = logging.getLogger("berth.transfer")
+
+#: How long a pull's lease protects its work if berthd dies before deleting it
+#: (containerd's client uses the same default for its leases).
+DEFAULT_LEASE_EXPIRY = timedelta(hours=24)
+DEFAULT_CONCURRENCY = 3
+#: The plugin type under which the unpack subsystem registers its
+#: :data:`UnpackerFactory` instance; the transfer service looks it up at each pull.
+UNPACKER_PLUGIN_TYPE = "io.berth.unpacker.v1"
+#: Set on each pull's lease so an operator can tell what it belongs to.
+LEASE_PURPOSE_LABEL = "berth.io/transfer"
+
+__all__ = [
+    "DEFAULT_LEASE_EXPIRY",
+    "UNPACKER_PLUGIN_TYPE",
+    "LeasedContent",
+    "MetadataLabeler",
+    "PullOptions",
+    "PullOutcome",
+    "PushOptions",
+    "PushOutcome",
+    "RegistryOptions",
+    "Transfers",
+    "UnpackContext",
+    "UnpackerFactory",
+    "Update",
+    "UpdateFn",
+]
+
+
+# ---------------------------------------------------------------------------
+# Requests and results
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach a registry. ``secret`` is kept out of ``repr``."""
+
+    plain_http: bool = False
+    hosts_dir: str = ""
+    username: str = ""
+    secret: str = field(default="", repr=False)
+
+    def resolver(self, ref: Reference, *, default_hosts_dir: str = "") -> Resolver:
+        """A resolver for ``ref``'s registry with these options."""
+        creds = None
+        if self.username or self.secret:
+            creds = static_credentials(ref.domain, self.username, self.secret)
+        return Resolver(
+            config_path=self.hosts_dir or default_hosts_dir or None,
+            plain_http=self.plain_http,
+            credentials=creds,
+        )
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    ref: str
+    platforms: tuple[str, ...] = ()
+    all_platforms: bool = False
+    unpack: bool = True
+    snapshotter: str = ""
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    max_concurrent_downloads: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    ref: str
+    source: str = ""
+    platforms: tuple[str, ...] = ()
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    max_concurrent_uploads: int = 0
+
+
+@dataclass(frozen=True)
+class PullOutcome:
+    """``created`` is False when an existing image record was updated."""
+
+    image: Image
+    created: bool
+    unpacked: bool
+    snapshotter: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    name: str
+    target: Descriptor
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One progress update: the latest state of one blob, or of a layer being unpacked.
+
+    ``status`` is one of the registry pipeline's (waiting, downloading,
+    uploading, exists, mounted, done) or unpacking/unpacked.
+    """
+
+    key: str
+    digest: str
+    media_type: str
+    status: str
+    offset: int
+    total: int
+
+
+UpdateFn = Callable[[Update], None]
+
+
+@dataclass(frozen=True)
+class UnpackContext:
+    """What an unpacker gets for one pull: where to write, under which lease."""
+
+    namespace: str
+    snapshotter: str
+    lease: str
+    content: LeasedContent
+    labeler: MetadataLabeler
+
+
+#: Builds the per-layer unpack callback for one pull.
+UnpackerFactory = Callable[[UnpackContext], UnpackFn]
+
+
+# ---------------------------------------------------------------------------
+# The metadata store seen as a plain content Store
+
+
+class LeasedContent:
+    """A :class:`~berth.core.content.Store` over one namespace of the metadata
+    content store, creating everything under ``lease`` (may be None).
+
+    Under a lease, looking content up (``info``, ``read_blob``, ``reader_at``)
+    also adds it to the lease, so content a transfer found present stays until
+    the transfer is done with it. Blocking, like every Store.
+    """
+
+    def __init__(self, content: ContentStore, namespace: str, lease: str | None) -> None:
+        self.content = content
+        self.namespace = namespace
+        self.lease = lease
+        self._leases = LeaseStore(content.db)
+
+    def _hold(self, digest: Digest | str) -> None:
+        if self.lease:
+            # Added before the lookup: a digest that turns out to be absent
+            # costs one harmless row, and one that is present cannot be
+            # collected between the lookup and the hold.
+            self._leases.add_resource(self.namespace, self.lease, "content", str(digest))
+
+    def info(self, digest: Digest | str) -> Info:
+        d = Digest.parse(digest)
+        self._hold(d)
+        return self.content.info(self.namespace, d)
+
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        return self.content.update(self.namespace, info.digest, info.labels, fieldpaths)
+
+    def walk(self, fn: WalkFn, filter_fn: InfoFilter | None = None) -> None:
+        for info in self.content.list(self.namespace):
+            if filter_fn is None or filter_fn(info):
+                fn(info)
+
+    def delete(self, digest: Digest | str) -> None:
+        self.content.delete(self.namespace, digest, lease=self.lease)
+
+    def reader_at(self, target: Descriptor | Digest | str) -> ReaderAt:
+        d = target.digest if isinstance(target, Descriptor) else Digest.parse(target)
+        self._hold(d)
+        return self.content.reader_at(self.namespace, d)
+
+    def read_blob(self, digest: Digest | str, offset: int = 0, size: int = -1) -> bytes:
+        if offset < 0:
+            raise errdefs.InvalidArgument(f"invalid read offset {offset}")
+        with self.reader_at(digest) as ra:
+            if offset > ra.size:
+                raise OutOfRange(f"read past object length {ra.size} bytes")
+            n = ra.size - offset if size < 0 else min(size, ra.size - offset)
+            return ra.read_at(offset, n)
+
+    def open_writer(
+        self, ref: str, *, total: int = 0, expected: Digest | str | None = None
+    ) -> Writer:
+        w = self.content.writer(
+            self.namespace, ref, total=total, expected=expected, lease=self.lease
+        )
+        # The namespaced writer offers what copy_into drives (write, truncate,
+        # digest, status, commit, close) but not write_at, which only the
+        # Content service's Write conversation needs.
+        return cast(Writer, w)
+
+    def status(self, ref: str) -> Status:
+        return self.content.status(self.namespace, ref)
+
+    def list_statuses(self, filter_fn: StatusFilter | None = None) -> list[Status]:
+        return [
+            s for s in self.content.list_statuses(self.namespace) if not filter_fn or filter_fn(s)
+        ]
+
+    def abort(self, ref: str) -> None:
+        self.content.abort(self.namespace, ref, lease=self.lease)
+
+
+class MetadataLabeler:
+    """A :class:`~berth.core.remotes.Labeler` over one namespace's content labels."""
+
+    def __init__(self, content: ContentStore, namespace: str) -> None:
+        self._content = content
+        self._namespace = namespace
+
+    async def labels(self, digest: Digest) -> dict[str, str]:
+        info = await asyncio.to_thread(self._content.info, self._namespace, digest)
+        return dict(info.labels)
+
+    async def update(self, digest: Digest, labels: Mapping[str, str]) -> None:
+        if not labels:
+            return
+        paths = [f"labels.{key}" for key in labels]
+        await asyncio.to_thread(self._content.update, self._namespace, digest, dict(labels), paths)
+
+
+# ---------------------------------------------------------------------------
+# Transfers
+
+
+def _matcher(platforms: Sequence[str]) -> MatchComparer | None:
+    """The matcher for ``--platform`` values, None for none (the host default)."""
+    if not platforms:
+        return None
+    return matcher_for(platforms)
+
+
+def _update_of(p: Progress) -> Update:
+    d = p.descriptor
+    return Update(p.key, str(d.digest), d.media_type, p.status, p.offset, p.total)
+
+
+class Transfers:
+    """Pull and push for berthd, over the metadata plugin's stores.
+
+    ``unpacker`` returns the factory of per-layer unpack callbacks, or None
+    when no unpacker is loaded; it is asked at each pull, so a subsystem
+    that loads after this one is still found. ``default_hosts_dir`` is the
+    daemon's own ``hosts.toml`` directory, used when a request names none.
+    """
+
+    def __init__(
+        self,
+        md: Metadata,
+        *,
+        unpacker: Callable[[], UnpackerFactory | None] | None = None,
+        default_hosts_dir: str = "",
+        default_snapshotter: str = "overlayfs",
+        concurrency: int = DEFAULT_CONCURRENCY,
+        lease_expiry: timedelta = DEFAULT_LEASE_EXPIRY,
+    ) -> None:
+        self.md = md
+        self.content = md.require_content()
+        self._unpacker = unpacker or (lambda: None)
+        self.default_hosts_dir = default_hosts_dir
+        self.default_snapshotter = default_snapshotter
+        self.concurrency = concurrency
+        self.lease_expiry = lease_expiry
+        self._leases = LeaseStore(md)
+
+    # -- leases ----------------------------------------------------------------
+
+    async def _create_lease(self, namespace: str, purpose: str) -> str:
+        lease_id = random_lease_id()
+        expires = datetime.now(UTC) + self.lease_expiry
+        labels = {
+            # RFC 3339 in UTC, as Go's time.RFC3339 writes it (what GC parses).
+            LABEL_EXPIRE: expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            LEASE_PURPOSE_LABEL: purpose,
+        }
+        await self.md.run(lambda: self._leases.create(namespace, lease_id, labels))
+        return lease_id
+
+    async def _delete_lease(self, namespace: str, lease_id: str) -> None:
+        with contextlib.suppress(errdefs.NotFound):
+            await self.md.run(lambda: self._leases.delete(namespace, lease_id))
+        # What only the lease held (a failed pull's leftovers) is garbage now.
+        self.md.collector.mutated(deletion=True)
+
+    # -- pull --------------------------------------------------------------------
+
+    async def pull(
+        self, namespace: str, opts: PullOptions, *, progress: UpdateFn | None = None
+    ) -> PullOutcome:
+        """Pull ``opts.ref`` into ``namespace``, record the image, unpack if asked.
+
+        Raises InvalidArgument (bad reference, platform or option; invalid
+        manifests), NotFound (no such tag, blob or platform), the registry
+        errors of :mod:`berth.core.remotes` (Unauthorized: credentials
+        missing or refused), FailedPrecondition (content not matching its
+        digest), and whatever the unpacker raises. Cancellation stops the
+        transfer; completed blobs and partial ingests are kept only as long
+        as the lease (which is deleted), as with containerd.
+        """
+        spec = Reference.parse(opts.ref)
+        matcher = _matcher(opts.platforms)
+        if opts.all_platforms and opts.platforms:
+            raise errdefs.InvalidArgument("--platform and --all-platforms are mutually exclusive")
+        limit = opts.max_concurrent_downloads or self.concurrency
+        if limit < 1:
+            raise errdefs.InvalidArgument("max_concurrent_downloads must be at least 1")
+        snapshotter = opts.snapshotter or self.default_snapshotter
+        emit = progress or (lambda _u: None)
+
+        warnings: list[str] = []
+        lease = await self._create_lease(namespace, f"pull {spec}")
+        try:
+            store = LeasedContent(self.content, namespace, lease)
+            labeler = MetadataLabeler(self.content, namespace)
+            unpack_fn: UnpackFn | None = None
+            if opts.unpack:
+                factory = self._unpacker()
+                if factory is None:
+                    warnings.append(
+                        "image not unpacked: berthd has no unpacker loaded "
+                        "(its content is stored; `berth plugins ls` shows what runs)"
+                    )
+                else:
+                    ctx = UnpackContext(namespace, snapshotter, lease, store, labeler)
+                    unpack_fn = _reporting_unpack(factory(ctx), emit)
+            async with opts.registry.resolver(
+                spec, default_hosts_dir=self.default_hosts_dir
+            ) as resolver:
+                result = await remote_pull(
+                    resolver,
+                    spec,
+                    store,
+                    platform=matcher,
+                    all_platforms=opts.all_platforms,
+                    labeler=labeler,
+                    progress=lambda p: emit(_update_of(p)),
+                    unpack=unpack_fn,
+                    max_concurrent_downloads=limit,
+                )
+            # The record stores a plain descriptor (no platform or URLs).
+            t = result.target
+            image = Image(
+                result.name,
+                Descriptor(t.media_type, t.digest, t.size, dict(t.annotations)),
+                dict(opts.labels),
+            )
+            saved, created = await self.md.run(lambda: self._record(namespace, image))
+        finally:
+            await self._delete_lease(namespace, lease)
+        return PullOutcome(
+            image=saved,
+            created=created,
+            unpacked=unpack_fn is not None,
+            snapshotter=snapshotter,
+            warnings=tuple(warnings),
+        )
+
+    def _record(self, namespace: str, image: Image) -> tuple[Image, bool]:
+        """Create the image record, or update it if the name exists (containerd's
+        ``createNewImage``). Blocking."""
+        try:
+            return self.md.images.create(namespace, image), True
+        except errdefs.AlreadyExists:
+            updated = self.md.images.update(
+                namespace, image.name, labels=image.labels, target=image.target
+            )
+            return updated, False
+
+    # -- push --------------------------------------------------------------------
+
+    async def push(
+        self, namespace: str, opts: PushOptions, *, progress: UpdateFn | None = None
+    ) -> PushOutcome:
+        """Push the local image ``opts.source`` (default: ``opts.ref``) to ``opts.ref``.
+
+        Raises NotFound (no such image, or content missing locally),
+        InvalidArgument (bad reference or platform), and the registry errors.
+        """
+        spec = Reference.parse(opts.ref, default_tag=False)
+        matcher = _matcher(opts.platforms)
+        limit = opts.max_concurrent_uploads or self.concurrency
+        if limit < 1:
+            raise errdefs.InvalidArgument("max_concurrent_uploads must be at least 1")
+        source = opts.source or opts.ref
+        image = await self.md.run(lambda: self.md.images.get(namespace, source))
+        store = LeasedContent(self.content, namespace, None)
+        emit = progress or (lambda _u: None)
+        async with opts.registry.resolver(
+            spec, default_hosts_dir=self.default_hosts_dir
+        ) as resolver:
+            target = await remote_push(
+                resolver,
+                spec,
+                store,
+                image.target,
+                platform=matcher,
+                labeler=MetadataLabeler(self.content, namespace),
+                progress=lambda p: emit(_update_of(p)),
+                max_concurrent_uploads=limit,
+            )
+        return PushOutcome(str(spec), target)
+
+
+def _reporting_unpack(fn: UnpackFn, emit: UpdateFn) -> UnpackFn:
+    """Wrap an unpack callback so each layer reports unpacking/unpacked."""
+
+    async def unpack(layer: LayerToUnpack) -> None:
+        d = layer.layer
+        key = f"layer-{d.digest}"
+        emit(Update(key, str(d.digest), d.media_type, "unpacking", 0, d.size))
+        await fn(layer)
+        emit(Update(key, str(d.digest), d.media_type, "unpacked", d.size, d.size))
+
+    return unpack
