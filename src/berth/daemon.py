@@ -157,6 +157,7 @@ class Daemon:
                 disabled=self.cfg.disabled_plugins,
                 required=self.cfg.required_plugins,
             )
+            self._record_proxy_plugins()
             with contextlib.suppress(FileNotFoundError):
                 # The shim-events plugin created it 0660; give it its configured owner.
                 os.chown(p.ttrpc_address, self.cfg.ttrpc.uid, self.cfg.ttrpc.gid)
@@ -188,6 +189,28 @@ class Daemon:
             "berthd successfully booted",
             extra={"fields": {"address": str(p.address), "root": str(p.root)}},
         )
+
+    def _record_proxy_plugins(self) -> None:
+        """List configured proxy plugins as errored rather than ignoring them.
+
+        Serving snapshotters or content stores from an external gRPC process is
+        not implemented; saying so in ``ctr plugins ls`` beats a silent no-op.
+        """
+        from berth import plugin
+
+        kinds = {"snapshot": plugin.SNAPSHOT, "content": plugin.CONTENT}
+        for name, pp in self.cfg.proxy_plugins.items():
+            reg = plugin.Registration(type=kinds[pp.type], id=name, init=lambda ic: None)
+            meta = plugin.Plugin(reg)
+            meta.error = errdefs.NotImplemented(
+                f"proxy plugin {name!r} at {pp.address}: proxy plugins are not supported by this"
+                " berthd; remove the [proxy_plugins] entry"
+            )
+            self.plugins.add(meta)
+            log.warning(
+                "proxy plugin not loaded",
+                extra={"fields": {"name": name, "address": pp.address}},
+            )
 
     def _apply_process_settings(self) -> None:
         cfg = self.cfg

@@ -261,3 +261,19 @@ def test_root_help_is_explanatory(path: Path) -> None:
     res = _run_berthd(["--help"])
     assert res.returncode == 0
     assert "--root" in res.stdout and "config default" in res.stdout
+
+
+def test_proxy_plugins_are_listed_as_unsupported_not_ignored() -> None:
+    base = short_tmpdir()
+    d = Berthd(
+        base,
+        config='version = 2\n[proxy_plugins.ext]\ntype = "snapshot"\naddress = "/run/ext.sock"\n',
+    )
+    try:
+        d.start()
+        out = d.ctr("plugins", "ls").stdout
+        row = next(line for line in out.splitlines() if " ext " in f" {line} ")
+        assert row.split()[0] == "io.containerd.snapshotter.v1" and row.split()[-1] == "error"
+    finally:
+        d.stop()
+        shutil.rmtree(base, ignore_errors=True)
