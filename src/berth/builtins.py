@@ -21,6 +21,8 @@ MODULES = (
     "berth.core.metadata.containers",
     "berth.services.containers",
     "berth.services.events",
+    "berth.core.runtime.plugin",
+    "berth.services.tasks",
     "berth.services.introspection",
 )
 

@@ -1,0 +1,311 @@
+"""Shim binaries: finding them, and running their ``start`` and ``delete`` commands.
+
+Runtime names resolve to binaries as containerd resolves them: the last two
+dot-separated parts of the name pick ``containerd-shim-<name>-<version>``
+(``io.containerd.runc.v2`` -> ``containerd-shim-runc-v2``,
+``io.containerd.berth.v2`` -> ``containerd-shim-berth-v2``), looked up on
+``PATH`` and then beside the daemon's own executable (a virtualenv's ``bin``
+holds both ``berthd`` and ``containerd-shim-berth-v2``). An absolute path
+names a binary directly. containerd also tries the name relative to its
+working directory; Berth does not, because a daemon's working directory is
+not a place binaries should be picked up from.
+
+The commands follow the shim v2 contract (``runtime/v2/shim`` in containerd
+1.6): Go-style flags ``-namespace``, ``-address``, ``-publish-binary``, then
+``-id ID [-debug] start`` with the bundle as working directory,
+``TTRPC_ADDRESS`` in the environment and the runtime options (a serialized
+``Any``) on stdin; the shim prints its socket address. ``-id ID -bundle PATH
+delete`` cleans up after a dead shim and prints a ``DeleteResponse``.
+
+Shims are spawned with asyncio's subprocess support rather than from worker
+threads: a daemon starting twenty tasks at once would otherwise tie up the
+small shared thread pool that metadata and file work depend on.
+
+The ``log`` FIFO in the bundle is the shim's stderr (it opens the FIFO for
+writing when it starts serving; Go shims refuse to start without it). The
+daemon holds the read side open for the shim's lifetime and copies each line
+into its own log; holding it open also keeps a shim's writes from failing
+while nobody reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from berth import errdefs
+from berth.core.runtime.bundle import Bundle
+
+__all__ = ["ShimBinary", "ShimLog", "binary_name", "resolve_runtime_path"]
+
+log = logging.getLogger("berth.runtime")
+shim_log = logging.getLogger("berth.runtime.shimlog")
+
+TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
+START_TIMEOUT = 60.0
+
+
+def binary_name(runtime: str) -> str:
+    """``containerd-shim-<name>-<version>`` for a runtime name, "" if it has no two parts."""
+    parts = runtime.split(".")
+    if len(parts) < 2:
+        return ""
+    return f"containerd-shim-{parts[-2]}-{parts[-1]}"
+
+
+def _self_dirs() -> list[str]:
+    dirs = []
+    for exe in (sys.executable, sys.argv[0] if sys.argv else ""):
+        if exe and os.path.isabs(exe):
+            d = os.path.dirname(exe)
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def resolve_runtime_path(runtime: str, *, extra_dirs: Sequence[str] | None = None) -> str:
+    """The absolute path of the shim binary for ``runtime``.
+
+    ``extra_dirs`` are searched after ``PATH`` (default: the directories of
+    the running interpreter and program). Raises ``errdefs.BerthError`` (the
+    UNKNOWN code, as containerd returns) when the name is malformed or no
+    binary is installed.
+    """
+    if not runtime:
+        raise errdefs.BerthError("no runtime name")
+    if os.path.isabs(runtime):
+        try:
+            os.stat(runtime)
+        except OSError as exc:
+            raise errdefs.BerthError(
+                f"invalid custom binary path: stat {runtime}: {exc.strerror}"
+            ) from None
+        return runtime
+    name = binary_name(runtime)
+    if not name:
+        raise errdefs.BerthError(
+            f"invalid runtime name {runtime}, correct runtime name should be either format"
+            " like `io.containerd.runc.v1` or a full path to the binary"
+        )
+    found = shutil.which(name)
+    if found is None:
+        for d in _self_dirs() if extra_dirs is None else extra_dirs:
+            candidate = os.path.join(d, name)
+            if os.access(candidate, os.X_OK):
+                found = candidate
+                break
+    if found is None:
+        raise errdefs.BerthError(
+            f'runtime "{runtime}" binary not installed "{name}": file does not exist'
+        )
+    return os.path.abspath(found)
+
+
+class ShimLog:
+    """The read side of a bundle's ``log`` FIFO, copied line by line into our log."""
+
+    def __init__(self, fd: int, *, namespace: str, id: str) -> None:
+        self._fd = fd
+        self._fields = {"namespace": namespace, "id": id}
+        self._partial = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def open(cls, bundle: Bundle) -> ShimLog:
+        """Create (if needed) and open the FIFO. Blocking; call from a thread."""
+        path = bundle.log_fifo
+        try:
+            if not stat.S_ISFIFO(os.lstat(path).st_mode):
+                raise errdefs.FailedPrecondition(f"{path} exists and is not a FIFO")
+        except FileNotFoundError:
+            os.mkfifo(path, 0o700)
+        # Read-write: opening never blocks for a writer, and the pipe never
+        # reports EOF while the shim restarts its logging.
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        return cls(fd, namespace=bundle.namespace, id=bundle.id)
+
+    def attach(self) -> None:
+        """Start copying on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 65536:
+            lines.append(self._partial)
+            self._partial = b""
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            level = logging.DEBUG
+            if "level=error" in line or "level=fatal" in line:
+                level = logging.ERROR
+            elif "level=warn" in line:
+                level = logging.WARNING
+            shim_log.log(level, line, extra={"fields": self._fields})
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
+
+
+class ShimBinary:
+    """The commands of one shim binary for one bundle."""
+
+    def __init__(
+        self,
+        binary: str,
+        bundle: Bundle,
+        *,
+        address: str,
+        ttrpc_address: str,
+        publish_binary: str,
+        debug: bool = False,
+    ) -> None:
+        self.binary = binary
+        self.bundle = bundle
+        self.address = address
+        self.ttrpc_address = ttrpc_address
+        self.publish_binary = publish_binary
+        self.debug = debug
+
+    def _argv(self, *args: str) -> list[str]:
+        return [
+            self.binary,
+            "-namespace",
+            self.bundle.namespace,
+            "-address",
+            self.address,
+            "-publish-binary",
+            self.publish_binary,
+            *args,
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["GOMAXPROCS"] = "2"
+        env[TTRPC_ADDRESS_ENV] = self.ttrpc_address
+        return env
+
+    async def _run(
+        self, argv: list[str], *, stdin: bytes | None, cwd: str, combined: bool, timeout: float
+    ) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=self._env(),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if combined else asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate(stdin)
+        except BaseException:
+            # Only our own child, by its pid; what it already spawned (a shim
+            # server in its own session) is cleaned up by the caller.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(proc.wait())
+            raise
+        assert proc.returncode is not None
+        return proc.returncode, out or b"", err or b""
+
+    async def start(self, options: bytes | None) -> str:
+        """Run ``start`` and return the address the shim printed.
+
+        Raises ``errdefs.BerthError`` carrying the shim's output and exit
+        status when it fails.
+        """
+        args = ["-id", self.bundle.id]
+        if self.debug:
+            args.append("-debug")
+        args.append("start")
+        try:
+            rc, out, _ = await self._run(
+                self._argv(*args),
+                stdin=options,
+                cwd=str(self.bundle.path),
+                combined=True,
+                timeout=START_TIMEOUT,
+            )
+        except TimeoutError:
+            raise errdefs.DeadlineExceeded(
+                f"shim {self.binary} did not start within {START_TIMEOUT:.0f}s"
+            ) from None
+        except OSError as exc:
+            raise errdefs.BerthError(f"fork/exec {self.binary}: {exc.strerror}") from None
+        text = out.decode(errors="replace").strip()
+        if rc != 0:
+            raise errdefs.BerthError(f"{text}: exit status {rc}")
+        if not text:
+            raise errdefs.BerthError(f"shim {self.binary} printed no address")
+        return text
+
+    async def delete(self, timeout: float) -> bytes:
+        """Run ``delete`` (cleanup after a dead shim); return its stdout.
+
+        The stdout is a serialized ``DeleteResponse``. Raises
+        ``errdefs.BerthError`` with the shim's stderr when it fails, and
+        DeadlineExceeded when it takes longer than ``timeout``.
+        """
+        cwd = str(self.bundle.path) if self.bundle.path.is_dir() else "/"
+        argv = self._argv("-id", self.bundle.id, "-bundle", str(self.bundle.path), "delete")
+        try:
+            rc, out, err = await self._run(
+                argv, stdin=None, cwd=cwd, combined=False, timeout=timeout
+            )
+        except TimeoutError:
+            raise errdefs.DeadlineExceeded(
+                f"shim delete for {self.bundle.id} timed out after {timeout:.0f}s"
+            ) from None
+        except OSError as exc:
+            raise errdefs.BerthError(f"fork/exec {self.binary}: {exc.strerror}") from None
+        warnings = err.decode(errors="replace").strip()
+        if rc != 0:
+            raise errdefs.BerthError(f"{warnings}: exit status {rc}")
+        if warnings:
+            log.warning(
+                "cleanup warnings",
+                extra={"fields": {"id": self.bundle.id, "warnings": warnings}},
+            )
+        return out
+
+
+def default_publish_binary() -> str:
+    """What shims are told to run to publish events: ``berthd`` when it can be found.
+
+    Shims of containerd 1.6 forward events over ttrpc and never run it, but
+    the flag is part of the command line contract.
+    """
+    for d in _self_dirs():
+        candidate = Path(d) / "berthd"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("berthd") or sys.executable

@@ -1,0 +1,513 @@
+"""The task manager: starting shims, tracking their tasks, cleaning up after them.
+
+This is Berth's counterpart of containerd's ``runtime/v2`` shim and task
+managers, folded into one object because nothing else needs the seam between
+them.
+
+Lifecycle of a task
+-------------------
+``create``: make the bundle (``config.json`` from the container's spec),
+open the shim's log FIFO, run the shim binary's ``start``, connect to the
+address it printed, record ``shim-binary-path`` and call ``Create``. Any
+failure undoes what was done, newest first: the shim is asked to delete and
+shut down (or, if it never answered, its ``delete`` command is run), and the
+bundle is removed.
+
+``delete``: the shim's ``Delete`` (which publishes ``/tasks/delete``),
+``Shutdown``, closing the connection on purpose, and removing the bundle.
+containerd runs the shim's ``delete`` command after every deletion (its
+connection-closed callback cannot tell a deliberate close from a crash);
+Berth tells them apart and skips that second cleanup when the shim's own
+``Delete`` succeeded, which saves a process spawn per container.
+
+A shim that dies
+----------------
+When a connection drops without the manager having closed it, the shim died
+(killed, OOM, crashed). The manager then runs the binary's ``delete`` command
+(``runc delete --force``, unmounting the rootfs), removes the bundle,
+publishes ``/tasks/exit`` and ``/tasks/delete`` with the exit ``delete``
+reported (128+SIGKILL for both shims in use here), and keeps the task as a
+stopped tombstone until a client deletes it (see :mod:`.shim`).
+
+Restore at boot
+---------------
+For every ``<state>/<namespace>/<id>`` bundle: an empty one is removed; the
+others name their shim binary (``shim-binary-path``, or the container's
+runtime from metadata for bundles written before the shim answered). The
+manager reconnects to the address in the bundle and checks the shim with
+``Connect``. A shim that answers is adopted as it is, whatever its task's
+state. One that does not is cleaned up as a dead shim, and because its exit
+happened while nobody was listening, ``/tasks/exit`` and ``/tasks/delete``
+are published for it and it stays as a tombstone. Work directories of tasks
+that were not restored are removed.
+
+Exits of live shims that happened while the daemon was down: every task has
+a background ``Wait`` on its init process, and when it returns the manager
+drops an ``exit-seen`` marker in the bundle. A restored task found stopped
+without that marker exited unobserved. Berth's own shim re-sends its queued
+``/tasks/exit`` once the daemon's event socket is back (its publisher retries
+in order, without limit), so the manager publishes nothing for it, lest
+subscribers see the exit twice; for other shims (Go shims give up forwarding
+after a few retries) the manager publishes ``/tasks/exit`` from the shim's
+real exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from berth import errdefs
+from berth.core import events
+from berth.core.runtime.binary import (
+    ShimBinary,
+    ShimLog,
+    binary_name,
+    default_publish_binary,
+    resolve_runtime_path,
+)
+from berth.core.runtime.bundle import Bundle, load_bundle, new_bundle
+from berth.core.runtime.shim import (
+    LOAD_TIMEOUT,
+    ShimTask,
+    decode_delete_response,
+    encode_options,
+    now_ns,
+    task_delete_event,
+    task_exit_event,
+)
+from berth.core.runtime.types import CreateOpts, Exit, Status
+from berth.ttrpc import Client
+
+__all__ = ["ManagerConfig", "TaskManager"]
+
+log = logging.getLogger("berth.runtime")
+
+CLEANUP_TIMEOUT = 10.0
+SHIM_EXIT_TIMEOUT = 2.0
+EXIT_SEEN = "exit-seen"
+BERTH_SHIM = "containerd-shim-berth-v2"
+
+#: Finds a container's runtime name for restore: (namespace, id) -> name or None.
+RuntimeLookup = Callable[[str, str], str | None]
+
+
+@dataclass
+class ManagerConfig:
+    """Where the manager works and what it tells shims."""
+
+    root: Path
+    state: Path
+    address: str
+    ttrpc_address: str
+    default_runtime: str = "io.containerd.berth.v2"
+    publish_binary: str = ""
+    shim_debug: bool = False
+    cleanup_timeout: float = CLEANUP_TIMEOUT
+
+
+class TaskManager:
+    """Tasks by namespace and id, each backed by a shim.
+
+    Methods are coroutines for the daemon's event loop; blocking work goes to
+    worker threads. Errors are ``berth.errdefs`` classes.
+    """
+
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self._tasks: dict[tuple[str, str], ShimTask] = {}
+        self._creating: set[tuple[str, str]] = set()
+        self._paths: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        if not config.publish_binary:
+            config.publish_binary = default_publish_binary()
+
+    # -- lookups -------------------------------------------------------------------
+
+    def get(self, namespace: str, id: str) -> ShimTask:
+        """The task ``id``; NotFound (containerd's wording) when there is none."""
+        t = self._tasks.get((namespace, id))
+        if t is None:
+            raise errdefs.NotFound(f"task {id} not found")
+        return t
+
+    def list(self, namespace: str) -> list[ShimTask]:
+        """The namespace's tasks, by id."""
+        return [t for (ns, _), t in sorted(self._tasks.items()) if ns == namespace]
+
+    def resolve(self, runtime: str) -> str:
+        """The shim binary for ``runtime`` (a name, or an absolute path); cached by binary name."""
+        runtime = runtime or self.config.default_runtime
+        if os.path.isabs(runtime):
+            return resolve_runtime_path(runtime)
+        name = binary_name(runtime)
+        cached = self._paths.get(name)
+        if cached is not None:
+            return cached
+        path = resolve_runtime_path(runtime)
+        self._paths[name] = path
+        return path
+
+    def _binary(self, path: str, bundle: Bundle) -> ShimBinary:
+        c = self.config
+        return ShimBinary(
+            path,
+            bundle,
+            address=c.address,
+            ttrpc_address=c.ttrpc_address,
+            publish_binary=c.publish_binary,
+            debug=c.shim_debug,
+        )
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- create --------------------------------------------------------------------
+
+    async def create(self, namespace: str, id: str, opts: CreateOpts) -> tuple[ShimTask, int]:
+        """Start a shim and create the task in it; returns the task and its pid.
+
+        Raises AlreadyExists when the task exists, InvalidArgument for a bad
+        id, and whatever the shim binary or the shim's ``Create`` reported,
+        prefixed as containerd prefixes it.
+        """
+        key = (namespace, id)
+        if key in self._tasks or key in self._creating:
+            raise errdefs.AlreadyExists(f"task {id}: already exists")
+        self._creating.add(key)
+        try:
+            return await self._create(namespace, id, opts)
+        finally:
+            self._creating.discard(key)
+
+    async def _create(self, namespace: str, id: str, opts: CreateOpts) -> tuple[ShimTask, int]:
+        c = self.config
+        # Resolve first: a missing binary should not cost a bundle.
+        try:
+            path = self.resolve(opts.runtime)
+        except errdefs.BerthError as exc:
+            raise type(exc)(
+                f"failed to start shim: failed to resolve runtime path: {exc}"
+            ) from None
+        bundle = await asyncio.to_thread(
+            new_bundle, c.state, c.root, namespace, id, opts.spec.value
+        )
+        binary = self._binary(path, bundle)
+        shim_log: ShimLog | None = None
+        task: ShimTask | None = None
+        try:
+            shim_log = await asyncio.to_thread(ShimLog.open, bundle)
+            shim_log.attach()
+            try:
+                address = await binary.start(encode_options(opts.shim_options))
+            except errdefs.BerthError as exc:
+                raise type(exc)(f"failed to start shim: start failed: {exc}") from None
+            task = await self._connect(bundle, binary, address, shim_log)
+            await asyncio.to_thread(bundle.write_shim_binary, path)
+            try:
+                pid = await task.create(opts)
+            except errdefs.BerthError as exc:
+                raise type(exc)(f"failed to create shim task: {exc}") from None
+        except BaseException:
+            await asyncio.shield(self._undo_create(bundle, binary, task, shim_log))
+            raise
+        self._tasks[(namespace, id)] = task
+        self._spawn(self._watch_exit(task), f"wait-{namespace}-{id}")
+        return task, pid
+
+    async def _connect(
+        self, bundle: Bundle, binary: ShimBinary, address: str, shim_log: ShimLog | None
+    ) -> ShimTask:
+        holder: list[ShimTask] = []
+
+        def on_close() -> None:
+            if holder and not holder[0].closing and not self._closed:
+                self._spawn(self._shim_disconnected(holder[0]), f"cleanup-{bundle.id}")
+
+        client = await Client.connect(address, timeout=LOAD_TIMEOUT, on_close=on_close)
+        task = ShimTask(bundle, client, binary, shim_log)
+        task.address = address
+        holder.append(task)
+        if client.closed:
+            # It dropped before the callback could see the task.
+            on_close()
+        return task
+
+    async def _undo_create(
+        self,
+        bundle: Bundle,
+        binary: ShimBinary,
+        task: ShimTask | None,
+        shim_log: ShimLog | None,
+    ) -> None:
+        deleted = False
+        if task is not None:
+            task.closing = True
+            try:
+                async with asyncio.timeout(self.config.cleanup_timeout):
+                    with contextlib.suppress(errdefs.NotFound):
+                        await task.delete_task()
+                    deleted = True
+                    await task.shutdown()
+            except (errdefs.BerthError, TimeoutError) as exc:
+                log.warning(
+                    "failed to delete shim task after failed create",
+                    extra={"fields": {"id": bundle.id, "error": str(exc)}},
+                )
+            await task.close()
+        if not deleted:
+            # The shim may still be running (or may have left a runc
+            # container behind); its delete command cleans up either way.
+            with contextlib.suppress(errdefs.BerthError):
+                await binary.delete(self.config.cleanup_timeout)
+            if task is not None:
+                with contextlib.suppress(errdefs.BerthError):
+                    await task.shutdown()
+        if shim_log is not None:
+            shim_log.close()
+        try:
+            await asyncio.to_thread(bundle.delete)
+        except errdefs.BerthError as exc:
+            log.error(
+                "failed to remove bundle", extra={"fields": {"id": bundle.id, "error": str(exc)}}
+            )
+
+    # -- exits ---------------------------------------------------------------------
+
+    async def _watch_exit(self, task: ShimTask) -> None:
+        """Wait for the init process; mark its exit as seen in the bundle."""
+        try:
+            exit = await task.wait()
+        except (errdefs.BerthError, OSError):
+            return  # deleted, or the shim died: handled elsewhere
+        task.exit = exit
+        if task.dead is None and not task.closing:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread((task.bundle.path / EXIT_SEEN).touch)
+
+    async def _shim_disconnected(self, task: ShimTask) -> None:
+        """The connection dropped without us closing it: the shim is dead."""
+        log.warning(
+            "shim disconnected, cleaning up",
+            extra={"fields": {"id": task.id, "namespace": task.namespace}},
+        )
+        task.close_log()
+        exit = await self._cleanup_dead(task.binary)
+        if (task.namespace, task.id) not in self._tasks:
+            # Deleted meanwhile, or never finished creating: nothing to report.
+            task.mark_dead(exit)
+            return
+        await self._publish_exit(task.namespace, task.id, exit)
+        task.mark_dead(exit)
+
+    async def _cleanup_dead(self, binary: ShimBinary) -> Exit:
+        """Run the shim's ``delete`` command and remove the bundle; the exit to report."""
+        bundle = binary.bundle
+        exit = Exit(pid=0, status=255, exited_at_ns=now_ns())
+        try:
+            out = await binary.delete(self.config.cleanup_timeout)
+            exit = decode_delete_response(out)
+        except errdefs.BerthError as exc:
+            log.warning(
+                "failed to clean up after shim disconnected",
+                extra={
+                    "fields": {"id": bundle.id, "namespace": bundle.namespace, "error": str(exc)}
+                },
+            )
+        try:
+            await asyncio.to_thread(bundle.delete)
+        except errdefs.BerthError as exc:
+            log.error(
+                "failed to remove bundle", extra={"fields": {"id": bundle.id, "error": str(exc)}}
+            )
+        return exit
+
+    async def _publish_exit(self, namespace: str, id: str, exit: Exit) -> None:
+        pub = events.publisher()
+        await pub.publish(namespace, "/tasks/exit", task_exit_event(id, exit))
+        await pub.publish(namespace, "/tasks/delete", task_delete_event(id, exit))
+
+    # -- delete --------------------------------------------------------------------
+
+    async def delete(self, namespace: str, id: str) -> Exit:
+        """Delete task ``id`` and its shim; returns the init process's exit.
+
+        A tombstone is simply forgotten. Raises NotFound without a task, and
+        the shim's error (FailedPrecondition for a running task with some
+        shims) when it refuses.
+        """
+        task = self.get(namespace, id)
+        if task.dead is not None:
+            self._tasks.pop((namespace, id), None)
+            return task.dead
+        try:
+            exit = await task.delete_task()
+        except errdefs.NotFound:
+            exit = None
+        except errdefs.Unavailable:
+            if task.client.closed and not task.closing:
+                # Died under the call: the disconnect handler owns the cleanup.
+                await task._dead_event.wait()
+                self._tasks.pop((namespace, id), None)
+                assert task.dead is not None
+                return task.dead
+            raise
+        self._tasks.pop((namespace, id), None)
+        task.closing = True
+        with contextlib.suppress(errdefs.BerthError, TimeoutError):
+            await task.shutdown()
+        await task.close()
+        if not any(t.address == task.address for t in self._tasks.values()):
+            # The shim exits now (a grouped one serving others would not).
+            await task.wait_shim_exit(SHIM_EXIT_TIMEOUT)
+        if exit is None:
+            # The shim no longer knew the task: clean up as for a dead shim.
+            exit = await self._cleanup_dead(task.binary)
+        else:
+            try:
+                await asyncio.to_thread(task.bundle.delete)
+            except errdefs.BerthError as exc:
+                log.error(
+                    "failed to delete bundle",
+                    extra={"fields": {"id": id, "error": str(exc)}},
+                )
+        return exit
+
+    # -- restore -------------------------------------------------------------------
+
+    async def restore(self, runtime_of: RuntimeLookup) -> None:
+        """Adopt the shims of a previous daemon run (see the module notes)."""
+        state = self.config.state
+        try:
+            ns_dirs = sorted(p for p in state.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return
+        jobs = []
+        for ns_dir in ns_dirs:
+            ns = ns_dir.name
+            if ns.startswith("."):
+                continue
+            for d in sorted(ns_dir.iterdir()):
+                if d.name.startswith("."):
+                    # A bundle whose deletion was interrupted.
+                    shutil.rmtree(d, ignore_errors=True)
+                    continue
+                if d.is_dir():
+                    jobs.append(self._restore_one(load_bundle(state, ns, d.name), runtime_of))
+        await asyncio.gather(*jobs)
+        await asyncio.to_thread(self._cleanup_work_dirs)
+
+    async def _restore_one(self, bundle: Bundle, runtime_of: RuntimeLookup) -> None:
+        ns, id = bundle.namespace, bundle.id
+        fields = {"id": id, "namespace": ns}
+        try:
+            if not await asyncio.to_thread(lambda: any(bundle.path.iterdir())):
+                await asyncio.to_thread(bundle.delete)
+                return
+            runtime = await asyncio.to_thread(bundle.read_shim_binary)
+            if not runtime:
+                found = await asyncio.to_thread(runtime_of, ns, id)
+                runtime = found or ""
+            if not runtime:
+                log.warning("no runtime for bundle, removing it", extra={"fields": fields})
+                await asyncio.to_thread(bundle.delete)
+                return
+            path = self.resolve(runtime)
+        except errdefs.BerthError as exc:
+            log.error(
+                "cannot restore task, removing its bundle",
+                extra={"fields": {**fields, "error": str(exc)}},
+            )
+            with contextlib.suppress(errdefs.BerthError):
+                await asyncio.to_thread(bundle.delete)
+            return
+        binary = self._binary(path, bundle)
+        task: ShimTask | None = None
+        shim_log: ShimLog | None = None
+        try:
+            address = await asyncio.to_thread(bundle.read_address)
+            shim_log = await asyncio.to_thread(ShimLog.open, bundle)
+            task = await self._connect(bundle, binary, address, shim_log)
+            await task.connect()
+            state = await task.state()
+        except (errdefs.BerthError, OSError) as exc:
+            log.info(
+                "shim of a previous run is gone, cleaning up",
+                extra={"fields": {**fields, "error": str(exc)}},
+            )
+            if task is not None:
+                task.closing = True
+                if not task.client.closed:
+                    # Alive but without the task: let it go before cleaning up.
+                    with contextlib.suppress(errdefs.BerthError, TimeoutError):
+                        await task.shutdown()
+                await task.close()
+            if shim_log is not None:
+                shim_log.close()
+            exit = await self._cleanup_dead(binary)
+            tomb = ShimTask(bundle, _closed_client(), binary)
+            tomb.mark_dead(exit)
+            self._tasks[(ns, id)] = tomb
+            await self._publish_exit(ns, id, exit)
+            return
+        assert shim_log is not None
+        shim_log.attach()
+        self._tasks[(ns, id)] = task
+        seen = (bundle.path / EXIT_SEEN).exists()
+        if state.status == Status.STOPPED:
+            task.exit = Exit(state.pid, state.exit_status, state.exited_at_ns)
+            if not seen and os.path.basename(path) != BERTH_SHIM:
+                await events.publisher().publish(ns, "/tasks/exit", task_exit_event(id, task.exit))
+            if not seen:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread((bundle.path / EXIT_SEEN).touch)
+        else:
+            self._spawn(self._watch_exit(task), f"wait-{ns}-{id}")
+        log.info("restored task", extra={"fields": {**fields, "status": state.status.name}})
+
+    def _cleanup_work_dirs(self) -> None:
+        root = self.config.root
+        try:
+            ns_dirs = [p for p in root.iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            return
+        for ns_dir in ns_dirs:
+            for d in ns_dir.iterdir():
+                if (ns_dir.name, d.name) not in self._tasks:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    # -- shutdown ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Disconnect from every shim, leaving them running (as containerd does)."""
+        self._closed = True
+        for t in list(self._tasks.values()):
+            if t.dead is None:
+                t.closing = True
+                await t.close()
+        for bg in list(self._background):
+            bg.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class _ClosedClient:
+    """Stands in for the connection of a tombstone restored from a dead shim."""
+
+    closed = True
+
+    async def close(self) -> None:
+        return None
+
+
+def _closed_client() -> Client:
+    return _ClosedClient()  # type: ignore[return-value]

@@ -1,0 +1,84 @@
+"""Registers the task manager with berthd as ``io.containerd.runtime.v2.task``.
+
+The plugin id and type are containerd's, so ``ctr plugins ls`` lists the
+runtime where clients expect it. Init restores the shims of a previous run
+before the gRPC server starts, so the first request already sees every
+surviving task.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from berth import errdefs, plugin
+from berth.config import doc
+from berth.core.metadata.containers import ContainerStore
+from berth.core.runtime.manager import ManagerConfig, TaskManager
+
+__all__ = ["PLUGIN_ID", "RuntimeConfig"]
+
+PLUGIN_ID = "task"
+
+
+@dataclass
+class RuntimeConfig:
+    default_runtime: str = doc(
+        "Runtime used for a task whose container names none (a runtime name such as"
+        " io.containerd.runc.v2, or an absolute path to a shim binary).",
+        "io.containerd.berth.v2",
+    )
+    shim_debug: bool = doc(
+        "Start shims with -debug; they also get it when berthd logs at debug level.", False
+    )
+
+
+async def _init(ic: plugin.InitContext) -> TaskManager:
+    cfg: RuntimeConfig = ic.config or RuntimeConfig()
+    md: Any = ic.get(plugin.METADATA)
+    for d in (ic.root, ic.state):
+        d.mkdir(mode=0o711, parents=True, exist_ok=True)
+    manager = TaskManager(
+        ManagerConfig(
+            root=ic.root,
+            state=ic.state,
+            address=ic.address,
+            ttrpc_address=ic.ttrpc_address,
+            default_runtime=cfg.default_runtime,
+            shim_debug=cfg.shim_debug or logging.getLogger("berth").isEnabledFor(logging.DEBUG),
+        )
+    )
+    containers = ContainerStore(md)
+
+    def runtime_of(namespace: str, id: str) -> str | None:
+        try:
+            return containers.get(namespace, id).runtime.name
+        except errdefs.NotFound:
+            return None
+
+    await manager.restore(runtime_of)
+    ic.meta.exports["default_runtime"] = cfg.default_runtime
+    # containerd's runtime advertises the platforms it runs, for ctr plugins ls.
+    machine = platform.machine()
+    ic.meta.platforms.append(
+        ("linux", {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine), "")
+    )
+    return manager
+
+
+async def _close(manager: TaskManager) -> None:
+    await manager.close()
+
+
+REGISTRATION = plugin.register(
+    plugin.Registration(
+        type=plugin.RUNTIME_V2,
+        id=PLUGIN_ID,
+        init=_init,
+        requires=(plugin.EVENT, plugin.METADATA),
+        config=RuntimeConfig,
+        close=_close,
+    )
+)
