@@ -54,6 +54,13 @@ def serve(flags: Flags, *, sock: socket.socket | None = None) -> int:
     return asyncio.run(_serve(flags, sock))
 
 
+def _remove_socket(path: str) -> None:
+    """Unlink the shim's socket file; removed before Shutdown is answered, as Go's shim does."""
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
     from berth.shim.events import Publisher
     from berth.shim.reaper import Reaper, set_child_subreaper
@@ -68,6 +75,12 @@ async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    listen_path = ""
+
+    def on_shutdown() -> None:
+        _remove_socket(listen_path)
+        stop.set()
+
     ttrpc_address = os.environ.get(TTRPC_ADDRESS_ENV) or (
         flags.address + ".ttrpc" if flags.address else ""
     )
@@ -77,18 +90,21 @@ async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
         reaper=reaper,
         publisher=publisher,
         state_dir=state_dir(flags.address),
-        on_shutdown=stop.set,
+        on_shutdown=on_shutdown,
     )
     server = Server()
     server.register_service(SERVICE, service)
-    owned_socket = ""
     if flags.socket and sock is None:
         await server.start(flags.socket)
-        owned_socket = flags.socket.removeprefix("unix://")
+        listen_path = flags.socket.removeprefix("unix://")
     else:
         if sock is None:
             sock = socket.socket(fileno=3)
         sock.setblocking(False)
+        # Remember the path now: the caller may delete the bundle (and its
+        # address file) as soon as Shutdown is answered.
+        name = sock.getsockname()
+        listen_path = name if isinstance(name, str) and not name.startswith("\0") else ""
         await server.start(sock=sock)
     log.debug("serving shim api, pid %d", os.getpid())
 
@@ -98,13 +114,6 @@ async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
     service.close()
     await publisher.close(SHUTDOWN_FLUSH_TIMEOUT)
     # The listening socket came from `start`; its file is ours to remove.
-    with contextlib.suppress(OSError):
-        with open("address") as f:
-            address = f.read().strip().removeprefix("unix://")
-        if address:
-            os.unlink(address)
-    if owned_socket:
-        with contextlib.suppress(OSError):
-            os.unlink(owned_socket)
+    _remove_socket(listen_path)
     reaper.close()
     return 0
