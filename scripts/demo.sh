@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Berth's main job, from a fresh Debian 12 machine, as root: install what is
-# missing, start berthd, and talk to it with the real ctr.
+# missing, start berthd, talk to it with the real ctr, build a busybox image
+# offline, and run a first container with `berth run`.
 #
 # Environment overrides (used by the test that keeps this script honest):
 #   BERTH_ROOT, BERTH_STATE, BERTH_ADDRESS, BERTH_LOG, BERTH_PIDFILE
@@ -15,6 +16,8 @@ SOCK=${BERTH_ADDRESS:-$STATE/berth.sock}
 LOG=${BERTH_LOG:-/var/log/berthd.log}
 PIDFILE=${BERTH_PIDFILE:-$STATE/berthd.pid}
 CTR=(ctr --address "$SOCK")
+BERTH=(.venv/bin/berth --address "$SOCK")
+IMAGE=docker.io/library/busybox:berth-demo
 
 # ctr waits 10 s for a socket that does not exist, so look before asking.
 if ! { [[ -S "$SOCK" ]] && "${CTR[@]}" --timeout 5s version >/dev/null 2>&1; }; then
@@ -35,6 +38,17 @@ set -x
 "${CTR[@]}" plugins ls
 "${CTR[@]}" namespaces create demo purpose=first-run 2>/dev/null || true
 "${CTR[@]}" namespaces ls
+
+# A busybox image built offline from the host's busybox-static, imported as an
+# OCI archive. `ctr images import` also unpacks it into the overlayfs
+# snapshotter (berth images import only stores the content).
+scripts/build-test-image --oci-tar "$STATE/busybox-demo.tar" --name "$IMAGE" >/dev/null
+"${CTR[@]}" images import "$STATE/busybox-demo.tar"
+rm -f "$STATE/busybox-demo.tar"
+"${BERTH[@]}" images ls
+
+# The first container: created, run, waited for and removed.
+"${BERTH[@]}" run --rm "$IMAGE" hello echo "Hello from Berth"
 set +x
 echo
 echo "berthd is running (pid $(cat "$PIDFILE" 2>/dev/null || echo '?')); stop it with: kill \$(cat $PIDFILE)"

@@ -1,4 +1,5 @@
-"""The README's main-job command runs end to end (CI keeps it honest)."""
+"""The README's main-job command runs end to end (CI keeps it honest): berthd
+starts, ctr talks to it, and a first container prints its greeting."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.support.daemon import REPO, short_tmpdir
 pytestmark = pytest.mark.integration
 
 
-def test_demo_script_starts_berthd_and_ctr_talks_to_it() -> None:
+def test_demo_script_starts_berthd_and_runs_a_first_container() -> None:
     base = short_tmpdir()
     pidfile = base / "berthd.pid"
     env = dict(
@@ -39,6 +40,10 @@ def test_demo_script_starts_berthd_and_ctr_talks_to_it() -> None:
         assert res.returncode == 0, res.stdout + res.stderr
         assert "Server:" in res.stdout and "io.containerd.grpc.v1" in res.stdout
         assert "demo" in res.stdout and "purpose=first-run" in res.stdout
+        # The offline busybox image was imported, and the container's own
+        # output reached the terminal as a line of its own.
+        assert "docker.io/library/busybox:berth-demo" in res.stdout
+        assert "Hello from Berth" in res.stdout.splitlines(), res.stdout + res.stderr
     finally:
         if pidfile.exists():
             pid = int(pidfile.read_text())

@@ -451,3 +451,5 @@ def inspect(g: Globals, platform: str | None, ref: str) -> None:
 
 images.lazy["import"] = "berth.cli.images_archive:import_cmd"
 images.lazy["export"] = "berth.cli.images_archive:export_cmd"
+images.lazy["mount"] = "berth.cli.images_mount:mount_cmd"
+images.lazy["unmount"] = "berth.cli.images_mount:unmount_cmd"

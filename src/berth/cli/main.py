@@ -31,6 +31,9 @@ COMMANDS: dict[str, str] = {
     "content": "berth.cli.content:content",
     "events": "berth.cli.events:events",
     "containers": "berth.cli.containers:containers",
+    "snapshots": "berth.cli.snapshots:snapshots",
+    "run": "berth.cli.run:run",
+    "tasks": "berth.cli.tasks:tasks",
 }
 
 #: Extra names, as ctr accepts them.
@@ -44,6 +47,9 @@ ALIASES: dict[str, str] = {
     "event": "events",
     "container": "containers",
     "c": "containers",
+    "snapshot": "snapshots",
+    "task": "tasks",
+    "t": "tasks",
 }
 
 CONTEXT_SETTINGS: dict[str, Any] = {

@@ -40,7 +40,9 @@ from berth.client.types import (
 
 if TYPE_CHECKING:
     from berth.client._content_store import ImageRecord
+    from berth.client._snapshots import AsyncSnapshots
     from berth.client._sync import Client
+    from berth.client._tasks_async import AsyncContainerHandle, AsyncTasks
 
 
 class AsyncClient:
@@ -124,6 +126,31 @@ class AsyncClient:
     async def _run(self, op: _core.Op[_core.T]) -> _core.T:
         md = _core.metadata(self.namespace, self.lease_id)
         return await self._transport.run(op, md, self.timeout)
+
+    # --- containers as live objects: tasks and processes (see berth.client._tasks_async) ---
+
+    @property
+    def tasks(self) -> AsyncTasks:
+        """The Tasks service: list tasks and collect metrics."""
+        from berth.client._tasks_async import AsyncTasks
+
+        return AsyncTasks(self)
+
+    async def load_container(self, container_id: str) -> AsyncContainerHandle:
+        """A container to create or load tasks in (``new_task``, ``task``). Raises NotFound."""
+        from berth.client._tasks_async import AsyncContainerHandle
+
+        info = await self._run(_core.containers_get(container_id))
+        return AsyncContainerHandle(self, info)
+
+    # --- snapshots and layer diffs (see berth.client._snapshots) ---
+
+    @property
+    def snapshots(self) -> AsyncSnapshots:
+        """The Snapshots service for ``overlayfs``; ``.with_snapshotter(name)`` picks another."""
+        from berth.client._snapshots import AsyncSnapshots
+
+        return AsyncSnapshots(self)
 
     # --- daemon ---
 

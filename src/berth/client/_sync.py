@@ -39,6 +39,8 @@ from berth.client.types import (
 
 if TYPE_CHECKING:
     from berth.client._content_store import ImageRecord
+    from berth.client._snapshots import Snapshots
+    from berth.client._tasks import ContainerHandle, Tasks
 
 
 class Client:
@@ -134,6 +136,30 @@ class Client:
     def _run(self, op: _core.Op[_core.T]) -> _core.T:
         md = _core.metadata(self.namespace, self.lease_id)
         return self._transport.run(op, md, self.timeout)
+
+    # --- containers as live objects: tasks and processes (see berth.client._tasks) ---
+
+    @property
+    def tasks(self) -> Tasks:
+        """The Tasks service: list tasks and collect metrics."""
+        from berth.client._tasks import Tasks
+
+        return Tasks(self)
+
+    def load_container(self, container_id: str) -> ContainerHandle:
+        """A container to create or load tasks in (``new_task``, ``task``). Raises NotFound."""
+        from berth.client._tasks import ContainerHandle
+
+        return ContainerHandle(self, self._run(_core.containers_get(container_id)))
+
+    # --- snapshots and layer diffs (see berth.client._snapshots) ---
+
+    @property
+    def snapshots(self) -> Snapshots:
+        """The Snapshots service for ``overlayfs``; ``.with_snapshotter(name)`` picks another."""
+        from berth.client._snapshots import Snapshots
+
+        return Snapshots(self)
 
     # --- daemon ---
 

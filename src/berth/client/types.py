@@ -346,3 +346,102 @@ def _is_document(media_type: str) -> bool:
     return media_type.endswith(
         ("manifest.v1+json", "index.v1+json", "manifest.v2+json", "manifest.list.v2+json")
     )
+
+
+# --- tasks and processes -------------------------------------------------------------------
+
+#: The exit code containerd reports when a process's real one cannot be known.
+UNKNOWN_EXIT_STATUS = 255
+
+#: The type URL containerd gives LinuxResources in a task Update.
+RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+
+#: The type URL of an OCI process spec, as an exec request carries it.
+PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: its exit ``code`` and when.
+
+    ``code`` is 128+N for a process killed by signal N, as a shell reports
+    it; :data:`UNKNOWN_EXIT_STATUS` (255) when the daemon could not know.
+    """
+
+    code: int
+    exited_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessState:
+    """A task's init process or an exec'd process, as the daemon reports it.
+
+    ``id`` is the container id for the init process, else the exec id.
+    ``status``: ``created``, ``running``, ``stopped``, ``paused``,
+    ``pausing`` or ``unknown`` (containerd's words). ``stdin``/``stdout``/
+    ``stderr`` are the paths or URIs the process's I/O was created with.
+    """
+
+    container_id: str
+    id: str
+    pid: int
+    status: str
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+    exit_status: int = 0
+    exited_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One host pid of a task (``ctr tasks ps``); ``info`` is the runtime's
+    decoded detail for it (runc: ``{"exec_id": ...}`` for exec'd processes)."""
+
+    pid: int
+    info: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMetric:
+    """One task's resource statistics.
+
+    ``stats`` is the decoded cgroup statistics (cgroups v1 or v2 metrics, as
+    protobuf field names) or None for a type this SDK does not know; ``data``
+    keeps the raw typed payload either way.
+    """
+
+    id: str
+    timestamp: datetime | None
+    type_url: str
+    stats: dict[str, object] | None
+    data: AnyValue | None = None
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One snapshot as its snapshotter reports it (``ctr snapshots info``).
+
+    ``kind`` is ``"View"``, ``"Active"`` or ``"Committed"`` (``"Unknown"``
+    for anything else), spelled as ctr prints it; ``parent`` is empty for a
+    snapshot with no parent.
+    """
+
+    name: str
+    kind: str
+    parent: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotUsage:
+    """The disk a snapshot uses of its own (not its parents'): bytes and inodes."""
+
+    size: int
+    inodes: int

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from berth import errdefs
 from berth.core.content import Descriptor, Digest, Info, ReaderAt, Status, Writer
@@ -55,16 +57,12 @@ from berth.core.metadata.gc import LABEL_EXPIRE
 from berth.core.metadata.images import Image
 from berth.core.metadata.leases import LeaseStore, random_lease_id
 from berth.core.metadata.plugin import Metadata
-from berth.core.remotes import (
-    LayerToUnpack,
-    Progress,
-    Reference,
-    Resolver,
-    UnpackFn,
-    static_credentials,
-)
-from berth.core.remotes import pull as remote_pull
-from berth.core.remotes import push as remote_push
+
+if TYPE_CHECKING:
+    # The registry client (and httpx under it) loads at the first pull or
+    # push, not when berthd registers and starts this plugin: an idle daemon
+    # never needs it. See "Daemon footprint" in docs/architecture.md.
+    from berth.core.remotes import LayerToUnpack, Progress, Reference, Resolver, UnpackFn
 
 log = logging.getLogger("berth.transfer")
 
@@ -111,6 +109,8 @@ class RegistryOptions:
 
     def resolver(self, ref: Reference, *, default_hosts_dir: str = "") -> Resolver:
         """A resolver for ``ref``'s registry with these options."""
+        from berth.core.remotes import Resolver, static_credentials
+
         creds = None
         if self.username or self.secret:
             creds = static_credentials(ref.domain, self.username, self.secret)
@@ -190,7 +190,7 @@ class UnpackContext:
 
 
 #: Builds the per-layer unpack callback for one pull.
-UnpackerFactory = Callable[[UnpackContext], UnpackFn]
+UnpackerFactory = Callable[[UnpackContext], "UnpackFn"]
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +301,16 @@ def _matcher(platforms: Sequence[str]) -> MatchComparer | None:
     return matcher_for(platforms)
 
 
+async def _load_remotes() -> None:
+    """Import the registry client on a worker thread (a no-op once loaded).
+
+    The first time costs about 0.2 s of imports (httpx and what its package
+    pulls in); on the event loop that would stall every other request.
+    """
+    if "berth.core.remotes" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "berth.core.remotes")
+
+
 def _update_of(p: Progress) -> Update:
     d = p.descriptor
     return Update(p.key, str(d.digest), d.media_type, p.status, p.offset, p.total)
@@ -368,6 +378,10 @@ class Transfers:
         transfer; completed blobs and partial ingests are kept only as long
         as the lease (which is deleted), as with containerd.
         """
+        await _load_remotes()
+        from berth.core.remotes import Reference
+        from berth.core.remotes import pull as remote_pull
+
         spec = Reference.parse(opts.ref)
         matcher = _matcher(opts.platforms)
         if opts.all_platforms and opts.platforms:
@@ -447,6 +461,10 @@ class Transfers:
         Raises NotFound (no such image, or content missing locally),
         InvalidArgument (bad reference or platform), and the registry errors.
         """
+        await _load_remotes()
+        from berth.core.remotes import Reference
+        from berth.core.remotes import push as remote_push
+
         spec = Reference.parse(opts.ref, default_tag=False)
         matcher = _matcher(opts.platforms)
         limit = opts.max_concurrent_uploads or self.concurrency

@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from berth import errdefs, plugin
 from berth.core.content import Descriptor, Digest, Info, Store
@@ -47,8 +47,12 @@ from berth.core.images.platforms import MatchComparer
 from berth.core.images.rootfs import chain_ids
 from berth.core.images.walk import image_config, manifest_for_platform
 from berth.core.metadata.gc import LABEL_REF_SNAPSHOT
-from berth.core.remotes import LayerToUnpack, UnpackFn
 from berth.core.snapshots import INHERITED_LABEL_PREFIX, SNAPSHOT_REF_LABEL, Snapshotter
+
+if TYPE_CHECKING:
+    # Only named in annotations: importing the registry client at plugin
+    # registration would load httpx into an idle daemon.
+    from berth.core.remotes import LayerToUnpack, UnpackFn
 
 log = logging.getLogger("berth.unpack")
 

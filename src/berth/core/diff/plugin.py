@@ -20,7 +20,6 @@ from berth.config import doc
 from berth.core.content import Descriptor
 from berth.core.diff import Differ, ProgressFn
 from berth.core.diff.content import NamespacedStore
-from berth.core.diff.walking import WalkingDiffer
 from berth.core.mount import Mount
 
 SERVICE_ID = "diff-service"
@@ -46,6 +45,10 @@ class WalkingDiffs:
         self.config = config
 
     def differ(self, namespace: str, *, lease: str | None = None) -> Differ:
+        # The extractor (tarfile, the inflaters) loads with the first diff,
+        # not at boot: an idle daemon never needs it.
+        from berth.core.diff.walking import WalkingDiffer
+
         store = NamespacedStore(self.content, namespace, lease=lease)
         return WalkingDiffer(
             store, workers=self.config.workers, allow_devices=self.config.allow_device_nodes
@@ -53,8 +56,26 @@ class WalkingDiffs:
 
 
 class _Ordered(Differ):
-    def __init__(self, differs: Sequence[Differ]) -> None:
-        self.differs = differs
+    """One namespace's differs, in order of preference.
+
+    They are made at the first apply or compare, which callers run on worker
+    threads: making the first walking differ imports the extractor (about
+    40 ms), which must not stall the event loop.
+    """
+
+    def __init__(
+        self, factories: Sequence[DifferFactory], namespace: str, lease: str | None
+    ) -> None:
+        self._factories = factories
+        self._namespace = namespace
+        self._lease = lease
+        self._differs: list[Differ] | None = None
+
+    @property
+    def differs(self) -> list[Differ]:
+        if self._differs is None:
+            self._differs = [f.differ(self._namespace, lease=self._lease) for f in self._factories]
+        return self._differs
 
     def apply(
         self, desc: Descriptor, mounts: Sequence[Mount], *, on_progress: ProgressFn | None = None
@@ -93,7 +114,7 @@ class DiffService:
 
     def differ(self, namespace: str, *, lease: str | None = None) -> Differ:
         """A :class:`Differ` for ``namespace`` whose writes join ``lease``."""
-        return _Ordered([f.differ(namespace, lease=lease) for f in self.factories])
+        return _Ordered(self.factories, namespace, lease)
 
 
 @dataclass
