@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Berth's main job, from a fresh Debian 12 machine, as root: install what is
 # missing, start berthd, talk to it with the real ctr, build a busybox image
-# offline, and run a first container with `berth run`.
+# offline, import it with `berth images import`, and run a first container
+# with `berth run`.
 #
 # Environment overrides (used by the test that keeps this script honest):
 #   BERTH_ROOT, BERTH_STATE, BERTH_ADDRESS, BERTH_LOG, BERTH_PIDFILE
@@ -40,10 +41,10 @@ set -x
 "${CTR[@]}" namespaces ls
 
 # A busybox image built offline from the host's busybox-static, imported as an
-# OCI archive. `ctr images import` also unpacks it into the overlayfs
-# snapshotter (berth images import only stores the content).
+# OCI archive. `berth images import` stores the content, then has berthd
+# unpack it into the overlayfs snapshotter (as `ctr images import` does).
 scripts/build-test-image --oci-tar "$STATE/busybox-demo.tar" --name "$IMAGE" >/dev/null
-"${CTR[@]}" images import "$STATE/busybox-demo.tar"
+"${BERTH[@]}" images import "$STATE/busybox-demo.tar"
 rm -f "$STATE/busybox-demo.tar"
 "${BERTH[@]}" images ls
 

@@ -208,7 +208,9 @@ def test_cli_commands_import_and_export(shared_berthd: Berthd, work: Path, image
         # Each invocation closes its client at exit, as a real `berth` run does.
         return Globals(address=shared_berthd.address, namespace="arch-cli")
 
-    res = runner.invoke(group, ["import", "--base-name", "example.com/cli", str(src)], obj=obj())
+    res = runner.invoke(
+        group, ["import", "--no-unpack", "--base-name", "example.com/cli", str(src)], obj=obj()
+    )
     assert res.exit_code == 0, res.output
     assert res.output == f"imported example.com/cli:v9 ({image.digest})\n"
     res = runner.invoke(

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.daemon import Berthd
 from tests.support.fixtures import TEST_PASSWORD, TEST_USER, push_to
 from tests.support.imagebuilder import (
     Compression,
@@ -262,21 +263,14 @@ def test_docker_archive_accepted_by_skopeo(busybox_image: Image, tmp_path: Path)
     skopeo("copy", f"docker-archive:{tar}", f"oci:{tmp_path / 'copy'}:latest")
 
 
-def test_ctr_imports_oci_tar(busybox_image: Image, tmp_path: Path) -> None:
-    address = os.environ.get("BERTH_TEST_CONTAINERD_ADDRESS")
-    if not address or shutil.which("ctr") is None:
-        pytest.skip("needs a running containerd-compatible daemon (BERTH_TEST_CONTAINERD_ADDRESS)")
+def test_ctr_imports_oci_tar(busybox_image: Image, tmp_path: Path, berthd: Berthd) -> None:
+    # The builder's archives must satisfy the real ctr, here against berthd.
     name = "docker.io/berth-test/busybox:latest"
     tar = write_oci_layout(tmp_path / "busybox.tar", busybox_image, image_name=name)
-    base = ["ctr", "--address", address, "--namespace", "berth-test-infra"]
-    subprocess.run([*base, "images", "import", str(tar)], check=True, timeout=120)
-    try:
-        listing = subprocess.run(
-            [*base, "images", "ls", "-q"], check=True, capture_output=True, text=True
-        ).stdout
-        assert name in listing.split()
-    finally:
-        subprocess.run([*base, "images", "rm", name], check=False, timeout=60)
+    berthd.ctr("images", "import", str(tar), namespace="berth-test-infra", timeout=120)
+    listing = berthd.ctr("images", "ls", "-q", namespace="berth-test-infra").stdout
+    assert name in listing.split()
+    berthd.ctr("images", "rm", name, namespace="berth-test-infra")
 
 
 # -- determinism and content ---------------------------------------------------

@@ -1,7 +1,7 @@
-"""``berth images``: pull, push, list, tag, check, inspect and remove images.
+"""``berth images``: pull, push, unpack, list, tag, check, inspect and remove images.
 
-Pull and push run in the daemon (Berth's Transfer service): the CLI only
-shows progress. Everything else uses containerd's Images and Content
+Pull, push and unpack run in the daemon (Berth's Transfer service): the CLI
+only shows progress. Everything else uses containerd's Images and Content
 services, so those commands also work against containerd.
 """
 
@@ -33,7 +33,12 @@ from berth.cli._progress import (
 )
 
 if TYPE_CHECKING:
-    from berth.client.types import Descriptor, Image, ImageCheck
+    from berth.client import Client
+    from berth.client.types import Descriptor, Image, ImageCheck, LayerProgress, UnpackedImage
+
+DEFAULT_SNAPSHOTTER = "overlayfs"
+#: What ctr reads its --snapshotter default from; berth's unpacking commands too.
+SNAPSHOTTER_ENV = "CONTAINERD_SNAPSHOTTER"
 
 _platform_option = click.option(
     "--platform",
@@ -447,6 +452,76 @@ def inspect(g: Globals, platform: str | None, ref: str) -> None:
             "config": details.config,
         }
     )
+
+
+def unpack_image(
+    client: Client,
+    name: str,
+    *,
+    snapshotter: str,
+    platform: str | None = None,
+    quiet: bool = False,
+    err: bool = False,
+) -> UnpackedImage:
+    """Have the daemon unpack ``name``, printing each layer's status change
+    (``CHAIN_ID: unpacking``) and a summary line, unless ``quiet``; on stderr
+    with ``err``. What ``images unpack``, ``images import`` and ``run`` share."""
+    seen: dict[str, str] = {}
+
+    def show(p: LayerProgress) -> None:
+        if seen.get(p.chain_id) != p.status:
+            seen[p.chain_id] = p.status
+            click.echo(f"{p.chain_id}: {p.status}", err=err)
+
+    result = client.images.unpack(
+        name,
+        snapshotter=snapshotter,
+        platform=platform,
+        on_progress=None if quiet else show,
+    )
+    if not quiet:
+        how = "unpacked into" if result.unpacked else "already unpacked in"
+        top = f" ({result.chain_id})" if result.chain_id else " (no layers)"
+        click.echo(f"{result.name}: {how} {result.snapshotter}{top}", err=err)
+    return result
+
+
+@images.command("unpack")
+@click.option(
+    "--snapshotter",
+    envvar=SNAPSHOTTER_ENV,
+    show_envvar=True,
+    default=DEFAULT_SNAPSHOTTER,
+    show_default=True,
+    metavar="NAME",
+    help="Snapshotter to unpack into.",
+)
+@click.option(
+    "--platform",
+    metavar="PLATFORM",
+    help="Platform of the manifest to unpack, e.g. linux/arm64. Default: the daemon's.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the top chain ID.")
+@click.argument("ref", metavar="IMAGE")
+@pass_globals
+def unpack(g: Globals, snapshotter: str, platform: str | None, quiet: bool, ref: str) -> None:
+    """Unpack a stored image into a snapshotter.
+
+    The daemon applies the layers of IMAGE's manifest for the platform as
+    committed snapshots named by chain ID, so containers can be made from
+    it. Use it for images imported with --no-unpack, pulled with
+    --no-unpack, or for another snapshotter. Layers already unpacked show
+    as "exists" and are left alone: unpacking again is harmless. Prints one
+    line per layer and status, then a summary with the top chain ID.
+
+    \b
+    Examples:
+      berth images unpack docker.io/library/busybox:latest
+      berth images unpack --snapshotter native --platform linux/arm64 example.com/app:1
+    """
+    result = unpack_image(g.client(), ref, snapshotter=snapshotter, platform=platform, quiet=quiet)
+    if quiet:
+        click.echo(result.chain_id)
 
 
 images.lazy["import"] = "berth.cli.images_archive:import_cmd"

@@ -4,7 +4,10 @@ Two click commands meant for the ``images`` group (registered there with
 ``images.add_command(import_cmd)`` / ``images.add_command(export_cmd)``).
 The work happens in the SDK (``Client.import_archive``/``export_archive``),
 which reads and writes the tar here and moves blobs through the daemon's
-Content service, exactly as ``ctr images import/export`` do.
+Content service, exactly as ``ctr images import/export`` do. Unlike ctr,
+which unpacks imported images itself through the Diff and Snapshots
+services, ``import`` then asks the daemon to unpack each image
+(``client.images.unpack``), as ``berth images unpack`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import click
 
 from berth.cli._context import Globals, pass_globals
+from berth.cli.images import DEFAULT_SNAPSHOTTER, SNAPSHOTTER_ENV, unpack_image
 
 
 @click.command("import")
@@ -37,6 +41,16 @@ from berth.cli._context import Globals, pass_globals
     is_flag=True,
     help="Gzip uncompressed layers (Docker archives only).",
 )
+@click.option("--no-unpack", is_flag=True, help="Only store the content; do not unpack the images.")
+@click.option(
+    "--snapshotter",
+    envvar=SNAPSHOTTER_ENV,
+    show_envvar=True,
+    default=DEFAULT_SNAPSHOTTER,
+    show_default=True,
+    metavar="NAME",
+    help="Snapshotter to unpack into.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the image names.")
 @click.argument("archive", metavar="IN")
 @pass_globals
@@ -49,6 +63,8 @@ def import_cmd(
     all_platforms: bool,
     platform: str | None,
     compress_blobs: bool,
+    no_unpack: bool,
+    snapshotter: str,
     quiet: bool,
     archive: str,
 ) -> None:
@@ -58,18 +74,22 @@ def import_cmd(
     Reads OCI image layouts (as written by `ctr images export`, `berth images
     export`, skopeo's oci-archive:) and `docker save` archives (Docker v1.1 and
     v1.2 manifest.json). Each image found is created, or pointed at the new
-    content if it exists. Images are not unpacked.
+    content if it exists. Then each image is unpacked into the snapshotter
+    for --platform (default: the daemon's), as `ctr images import` does,
+    unless --no-unpack; layers already unpacked are left alone.
 
     \b
     Examples:
       berth images import busybox.tar
       docker save busybox | berth images import -
       berth images import --base-name example.com/app app-oci.tar
+      berth images import --no-unpack --all-platforms multi-arch.tar
     """
     if skip_digest_for_named and not digests:
         raise click.UsageError("--skip-digest-for-named must be specified with --digests")
     source = sys.stdin.buffer if archive == "-" else archive
-    records = g.client().import_archive(
+    client = g.client()
+    records = client.import_archive(
         source,
         base_name=base_name,
         digests=digests,
@@ -84,6 +104,10 @@ def import_cmd(
             click.echo(record.name)
         else:
             click.echo(f"imported {record.name} ({record.target.digest})")
+    if no_unpack:
+        return
+    for record in records:
+        unpack_image(client, record.name, snapshotter=snapshotter, platform=platform, quiet=quiet)
 
 
 @click.command("export")

@@ -9,7 +9,9 @@ the same names, so each undoes the other's work:
 * the snapshot's key is the target directory too: a view of the image's
   chain ID (read-only), or with ``--rw`` an active snapshot on it;
 * the mounts are done here, by this process, with mount(2): the daemon only
-  hands them out, so this command must run as root on the daemon's host.
+  hands them out, so this command must run as root on the daemon's host;
+* an image not yet unpacked for the snapshotter is unpacked first (by the
+  daemon, ``client.images.unpack``), as ctr unpacks before it mounts.
 
 One difference: the target is made absolute before it names anything, so
 ``unmount`` finds the snapshot from any working directory.
@@ -70,8 +72,8 @@ def mount_cmd(
     name for 24 hours, and mounts it on TARGET, which must exist. Prints the
     image's chain ID, then TARGET. Mounting an image already mounted on
     TARGET reuses its snapshot. Needs root; undo it with `berth images
-    unmount --rm TARGET`. The image must be unpacked for the snapshotter
-    (`berth images pull` unpacks by default).
+    unmount --rm TARGET`. An image not yet unpacked for the snapshotter
+    (imported with --no-unpack, say) is unpacked first.
 
     \b
     Examples:
@@ -91,13 +93,13 @@ def mount_cmd(
     sn = c.snapshots.with_snapshotter(snapshotter)
     try:
         sn.stat(config.chain_id)
-    except errdefs.NotFound as exc:
-        raise from_error(
-            exc,
-            prefix=f"image {ref} is not unpacked for snapshotter {snapshotter}: ",
-            hint=f"pull it again with `berth images pull --snapshotter {snapshotter}`, "
-            "which unpacks by default",
-        ) from exc
+    except errdefs.NotFound:
+        # Checked first so the common case costs one Stat, not an unpack
+        # round trip; an unpack finding every layer present would be harmless.
+        try:
+            c.images.unpack(ref, snapshotter=snapshotter, platform=platform)
+        except errdefs.BerthError as exc:
+            raise from_error(exc, prefix="error unpacking image: ") from exc
     click.echo(config.chain_id)
 
     created_lease = True

@@ -1,7 +1,8 @@
 """``berth run``: pull if needed, create a container from an image and run it.
 
 What ``ctr run`` does, in one command: the image is pulled (and unpacked)
-when missing, a writable snapshot is prepared on top of it, the container
+when missing, or unpacked when present but not unpacked for the
+snapshotter (an image imported with ``--no-unpack``), a writable snapshot is prepared on top of it, the container
 is recorded with an OCI spec built from the image's config and the
 options, and its task is created with this terminal's I/O attached, started
 and waited for. The process's exit code becomes berth's. Signals berth
@@ -158,11 +159,13 @@ def run(
 ) -> None:
     """Run a command in a new container from IMAGE.
 
-    Pulls IMAGE when it is not here (see --pull), creates container ID on a
-    fresh snapshot of it, and runs ARGS (default: the image's command) with
-    this terminal's stdout and stderr, and stdin with -i. Waits for it and
-    exits with its exit code; signals sent to berth (^C, SIGTERM) are passed
-    to the process. Options after IMAGE belong to the command.
+    Pulls IMAGE when it is not here (see --pull) and unpacks it when it is
+    not unpacked for the snapshotter yet (an image imported with
+    --no-unpack), creates container ID on a fresh snapshot of it, and runs
+    ARGS (default: the image's command) with this terminal's stdout and
+    stderr, and stdin with -i. Waits for it and exits with its exit code;
+    signals sent to berth (^C, SIGTERM) are passed to the process. Options
+    after IMAGE belong to the command.
 
     \b
     Examples:
@@ -238,12 +241,15 @@ def _image(
 
     if pull != "always":
         try:
-            return client.containers.image_config(ref, platform=platform)
+            cfg = client.containers.image_config(ref, platform=platform)
         except errdefs.NotFound:
             if pull == "never":
                 raise errdefs.NotFound(
                     f"image {ref!r} is not here and --pull never was given: pull or import it first"
                 ) from None
+        else:
+            _ensure_unpacked(client, cfg, platform, snapshotter)
+            return cfg
     name, password = credentials(user)
     # Progress goes to stderr: stdout belongs to the container.
     mode = "bars" if sys.stderr.isatty() else "lines"
@@ -262,6 +268,26 @@ def _image(
     for warning in pulled.warnings:
         click.echo(f"warning: {warning}", err=True)
     return client.containers.image_config(pulled.name, platform=platform)
+
+
+def _ensure_unpacked(
+    client: Client, cfg: ImageConfig, platform: str | None, snapshotter: str
+) -> None:
+    """Unpack a present image whose top layer is not a snapshot yet.
+
+    One Stat in the usual case (the image was pulled, or already
+    unpacked), so runs of an unpacked image pay nothing more.
+    """
+    from berth import errdefs
+    from berth.cli.images import unpack_image
+
+    if not cfg.chain_id:
+        return
+    try:
+        client.snapshots.with_snapshotter(snapshotter).stat(cfg.chain_id)
+    except errdefs.NotFound:
+        # Progress goes to stderr: stdout belongs to the container.
+        unpack_image(client, cfg.name, snapshotter=snapshotter, platform=platform, err=True)
 
 
 def _options(

@@ -28,6 +28,7 @@ from berth.client.types import (
     ImageDetails,
     ImageSummary,
     IngestStatus,
+    LayerProgress,
     Lease,
     Mount,
     Namespace,
@@ -35,6 +36,7 @@ from berth.client.types import (
     PulledImage,
     Resource,
     TransferProgress,
+    UnpackedImage,
     Version,
 )
 
@@ -557,6 +559,34 @@ class AsyncImages:
         Missing and corrupt blobs are reported in the result, not raised.
         """
         return await self._client._run(_core.images_check(image, platform))
+
+    async def unpack(
+        self,
+        name: str,
+        *,
+        snapshotter: str = _core.DEFAULT_SNAPSHOTTER,
+        platform: str | None = None,
+        on_progress: Callable[[LayerProgress], Any] | None = None,
+    ) -> UnpackedImage:
+        """Have the daemon unpack the stored image ``name`` into ``snapshotter``.
+
+        For images imported (or pulled with ``unpack=False``): the layers of
+        the manifest for ``platform`` (default: the daemon's) become
+        committed snapshots named by chain ID, as ``ctr images import`` and
+        containerd's ``Image.Unpack`` leave them. Layers already unpacked
+        are reported as ``exists`` and left alone, so calling it again is
+        cheap and harmless. ``on_progress`` receives each layer's latest
+        :class:`LayerProgress`; ``""`` as ``snapshotter`` means the
+        daemon's default.
+
+        Raises NotFound (no such image; no manifest for the platform;
+        missing content), InvalidArgument (unknown snapshotter, bad
+        platform, a corrupt or hostile layer), NotImplemented (the daemon
+        has no unpacker, or is containerd, which has no Transfer service).
+        """
+        return await self._client._run(
+            _core.images_unpack(name, snapshotter, platform, on_progress)
+        )
 
 
 class AsyncContent:

@@ -1100,6 +1100,47 @@ def transfer_push(
     return _descriptor(final[-1].target)
 
 
+def images_unpack(
+    name: str,
+    snapshotter: str,
+    platform: str | None,
+    on_progress: Callable[[types.LayerProgress], Any] | None,
+) -> Op[types.UnpackedImage]:
+    """Have the daemon unpack the stored image ``name`` (Berth's Transfer.Unpack)."""
+    from berth.api.berth.services.transfer.v1 import transfer_pb2 as tr_pb
+    from berth.api.berth.services.transfer.v1 import transfer_pb2_grpc as tr_grpc
+
+    req = tr_pb.UnpackRequest(name=name, platform=platform or "", snapshotter=snapshotter)
+    final: list[Any] = []
+
+    def take(m: Any) -> None:
+        if on_progress is not None:
+            for layer in m.layers:
+                on_progress(
+                    types.LayerProgress(
+                        chain_id=layer.chain_id,
+                        digest=layer.digest,
+                        media_type=layer.media_type,
+                        size=layer.size,
+                        status=layer.status,
+                    )
+                )
+        if m.HasField("result"):
+            final.append(m.result)
+
+    yield StreamCall(tr_grpc.TransferStub, "Unpack", req, take)
+    if not final:
+        raise errdefs.BerthError(f"unpack of {name}: the daemon ended the stream without a result")
+    result = final[-1]
+    return types.UnpackedImage(
+        name=result.name,
+        snapshotter=result.snapshotter,
+        chain_id=result.chain_id,
+        unpacked=result.unpacked,
+        manifest=_descriptor(result.manifest),
+    )
+
+
 # --- events --------------------------------------------------------------------------------
 # Event and OpenStream are records/call kinds like those in ``types`` and above;
 # they sit here while ``types`` is being extended by another change.

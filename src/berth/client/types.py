@@ -224,6 +224,43 @@ class PulledImage(Image):
 
 
 @dataclass(frozen=True, slots=True)
+class LayerProgress:
+    """The latest state of one layer while an image is unpacked.
+
+    ``chain_id`` names the snapshot the layer becomes; ``digest`` and
+    ``size`` are the layer blob's. ``status``: unpacking, unpacked (applied
+    by this call) or exists (already unpacked, left alone).
+    """
+
+    chain_id: str
+    digest: str
+    media_type: str
+    size: int
+    status: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("unpacked", "exists")
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackedImage:
+    """What unpacking an image did.
+
+    ``chain_id`` is the top layer's (the parent of a container's snapshot;
+    empty for an image without layers). ``unpacked`` is True when this call
+    applied at least one layer, False when the image was already unpacked.
+    ``manifest`` is the manifest chosen for the platform.
+    """
+
+    name: str
+    snapshotter: str
+    chain_id: str
+    unpacked: bool
+    manifest: Descriptor
+
+
+@dataclass(frozen=True, slots=True)
 class ContentInfo:
     """One blob the namespace has."""
 

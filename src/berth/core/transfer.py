@@ -30,6 +30,17 @@ one pull; the pipeline calls it in layer order as layers land, so applying
 layer N overlaps downloading N+1. Without a factory a pull still succeeds and
 says that nothing was unpacked.
 
+*Unpacking what is already stored.* :meth:`Transfers.unpack` is the
+server side of containerd's client-side ``Image.Unpack``: for an image that
+was imported (or pulled without unpacking) it walks the manifest for one
+platform and applies each missing layer, under a lease of its own for the
+same reason a pull has one. It needs more of the unpack subsystem than the
+per-layer callback: an :class:`ImageUnpackers` (the registered factory's
+``unpacker`` method), so it can ask layer by layer whether the chain ID
+already exists and report ``exists`` rather than redo work. A layer being
+applied when the caller goes away is finished before the lease is dropped,
+so no snapshot is ever committed under a lease that no longer exists.
+
 *Secrets.* Registry credentials only ever live in :class:`RegistryOptions`
 (whose ``repr`` hides the secret) and the resolver's credential lookup; they
 are never logged or put in a lease, label or error message.
@@ -42,16 +53,18 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
 
 from berth import errdefs
-from berth.core.content import Descriptor, Digest, Info, ReaderAt, Status, Writer
+from berth.core.content import Descriptor, Digest, Info, ReaderAt, Status, Store, Writer
 from berth.core.content.errors import OutOfRange
 from berth.core.content.store import InfoFilter, StatusFilter, WalkFn
-from berth.core.images.platforms import MatchComparer, matcher_for
+from berth.core.images.platforms import MatchComparer, default, matcher_for
+from berth.core.images.rootfs import chain_ids
+from berth.core.images.walk import ResolvedImage, image_config, manifest_for_platform
 from berth.core.metadata.content import ContentStore
 from berth.core.metadata.gc import LABEL_EXPIRE
 from berth.core.metadata.images import Image
@@ -63,6 +76,7 @@ if TYPE_CHECKING:
     # push, not when berthd registers and starts this plugin: an idle daemon
     # never needs it. See "Daemon footprint" in docs/architecture.md.
     from berth.core.remotes import LayerToUnpack, Progress, Reference, Resolver, UnpackFn
+    from berth.core.unpack import Unpacker
 
 log = logging.getLogger("berth.transfer")
 
@@ -79,6 +93,9 @@ LEASE_PURPOSE_LABEL = "berth.io/transfer"
 __all__ = [
     "DEFAULT_LEASE_EXPIRY",
     "UNPACKER_PLUGIN_TYPE",
+    "ImageUnpackers",
+    "LayerUpdate",
+    "LayerUpdateFn",
     "LeasedContent",
     "MetadataLabeler",
     "PullOptions",
@@ -88,6 +105,8 @@ __all__ = [
     "RegistryOptions",
     "Transfers",
     "UnpackContext",
+    "UnpackOptions",
+    "UnpackOutcome",
     "UnpackerFactory",
     "Update",
     "UpdateFn",
@@ -159,6 +178,48 @@ class PushOutcome:
     target: Descriptor
 
 
+@dataclass(frozen=True)
+class UnpackOptions:
+    """Unpack image ``name`` for ``platform`` (one specifier; empty: the
+    host's) into ``snapshotter`` (empty: the daemon's default)."""
+
+    name: str
+    platform: str = ""
+    snapshotter: str = ""
+
+
+@dataclass(frozen=True)
+class UnpackOutcome:
+    """What :meth:`Transfers.unpack` did. ``chain_id`` is the top layer's
+    (empty for an image without layers); ``applied`` lists the chain IDs this
+    call created, in layer order: empty when the image was unpacked before."""
+
+    image: Image
+    manifest: Descriptor
+    snapshotter: str
+    chain_id: str
+    applied: tuple[str, ...]
+
+    @property
+    def unpacked(self) -> bool:
+        return bool(self.applied)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerUpdate:
+    """The latest state of one layer of an unpack: ``unpacking``, then
+    ``unpacked`` (applied now) or ``exists`` (its chain ID was already there)."""
+
+    chain_id: str
+    digest: str
+    media_type: str
+    size: int
+    status: str
+
+
+LayerUpdateFn = Callable[[LayerUpdate], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Update:
     """One progress update: the latest state of one blob, or of a layer being unpacked.
@@ -191,6 +252,19 @@ class UnpackContext:
 
 #: Builds the per-layer unpack callback for one pull.
 UnpackerFactory = Callable[[UnpackContext], "UnpackFn"]
+
+
+@runtime_checkable
+class ImageUnpackers(Protocol):
+    """What :meth:`Transfers.unpack` needs of the registered unpacker factory
+    (:class:`berth.core.unpack.UnpackerFactory` is one): an
+    :class:`~berth.core.unpack.Unpacker` bound to a namespace, snapshotter,
+    content view and lease. Raises InvalidArgument for an unknown snapshotter.
+    Cheap: no I/O until the unpacker is used."""
+
+    def unpacker(
+        self, namespace: str, snapshotter: str, content: Store, *, lease: str | None = None
+    ) -> Unpacker: ...
 
 
 # ---------------------------------------------------------------------------
@@ -488,6 +562,124 @@ class Transfers:
                 max_concurrent_uploads=limit,
             )
         return PushOutcome(str(spec), target)
+
+    # -- unpack ------------------------------------------------------------------
+
+    async def unpack(
+        self, namespace: str, opts: UnpackOptions, *, progress: LayerUpdateFn | None = None
+    ) -> UnpackOutcome:
+        """Unpack the stored image ``opts.name`` into a snapshotter.
+
+        Checks in containerd's order: the image record (NotFound: 'image
+        "NAME": not found'), the platform specifier (InvalidArgument), the
+        manifest and config for the platform (NotFound when absent), then
+        the snapshotter (InvalidArgument: "snapshotter not loaded: NAME").
+        Layers already present as snapshots are reported ``exists`` and
+        skipped; the others are applied bottom-up (InvalidArgument for a
+        hostile or corrupt layer, or a diff ID not matching the config). The
+        image config then gets ``containerd.io/gc.ref.snapshot.<snapshotter>``
+        so the chain lives as long as the image. NotImplemented when berthd
+        has no unpacker loaded.
+        """
+        if not opts.name:
+            raise errdefs.InvalidArgument("image name must not be empty")
+        image = await self.md.run(lambda: self.md.images.get(namespace, opts.name))
+        matcher = matcher_for([opts.platform]) if opts.platform else default()
+        factory = self._unpacker()
+        if not isinstance(factory, ImageUnpackers):
+            raise errdefs.NotImplemented(
+                "unpack is not available: berthd has no unpacker loaded "
+                "(`berth plugins ls` shows what runs)"
+            )
+        snapshotter = opts.snapshotter or self.default_snapshotter
+        emit = progress or (lambda _u: None)
+
+        lease = await self._create_lease(namespace, f"unpack {opts.name}")
+        try:
+            store = LeasedContent(self.content, namespace, lease)
+
+            def resolve() -> tuple[ResolvedImage, list[Digest], Unpacker]:
+                resolved = manifest_for_platform(store, image.target, matcher)
+                config = image_config(store, resolved.manifest.config)
+                unpacker = factory.unpacker(namespace, snapshotter, store, lease=lease)
+                return resolved, [Digest.parse(d) for d in config.diff_ids], unpacker
+
+            resolved, diff_ids, unpacker = await asyncio.to_thread(resolve)
+            layers = list(resolved.manifest.layers)
+            if len(layers) != len(diff_ids):
+                raise errdefs.InvalidArgument(
+                    f"image {opts.name}: number of layers and diffIDs don't match: "
+                    f"{len(layers)} != {len(diff_ids)}"
+                )
+            chains = chain_ids(diff_ids)
+            applied: list[str] = []
+            for i, layer in enumerate(layers):
+                chain = chains[i]
+                parent = chains[i - 1] if i else None
+
+                def update(status: str, layer: Descriptor = layer, chain: Digest = chain) -> None:
+                    emit(
+                        LayerUpdate(
+                            str(chain), str(layer.digest), layer.media_type, layer.size, status
+                        )
+                    )
+
+                if await _finish(asyncio.to_thread(_snapshot_exists, unpacker, chain)):
+                    update("exists")
+                    continue
+                update("unpacking")
+                done = await _finish(
+                    asyncio.to_thread(unpacker.apply_layer, layer, diff_ids[i], chain, parent)
+                )
+                # False: another unpack committed the same chain meanwhile.
+                update("unpacked" if done else "exists")
+                if done:
+                    applied.append(str(chain))
+            if chains:
+                # Set even when every layer existed: the chain may have come
+                # from another image, and this one must keep it alive too.
+                await _finish(
+                    asyncio.to_thread(unpacker.mark_image, resolved.manifest.config, chains[-1])
+                )
+        finally:
+            await self._delete_lease(namespace, lease)
+        d = resolved.descriptor
+        return UnpackOutcome(
+            image=image,
+            manifest=Descriptor(d.media_type, d.digest, d.size, dict(d.annotations)),
+            snapshotter=snapshotter,
+            chain_id=str(chains[-1]) if chains else "",
+            applied=tuple(applied),
+        )
+
+
+T = TypeVar("T")
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """Await ``work`` (a worker-thread call); if the caller is cancelled
+    meanwhile, let it finish before the cancellation goes on.
+
+    A thread cannot be stopped, and a layer it commits after the unpack's
+    lease is gone would belong to nothing: the lease is deleted only once
+    the thread is done.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
+def _snapshot_exists(unpacker: Unpacker, chain_id: Digest) -> bool:
+    """Whether ``chain_id`` is already a snapshot (unpacked by this image or another)."""
+    try:
+        unpacker.sn.stat(str(chain_id))
+    except errdefs.NotFound:
+        return False
+    return True
 
 
 def _reporting_unpack(fn: UnpackFn, emit: UpdateFn) -> UnpackFn:

@@ -1,10 +1,11 @@
-"""berth.services.transfer.v1.Transfer: server-side pull and push with streamed progress.
+"""berth.services.transfer.v1.Transfer: server-side pull, push and unpack with streamed progress.
 
 Berth's own API (proto/berth/services/transfer/v1/transfer.proto), not
 containerd's: the daemon talks to the registry itself and the client only
 watches. The work is :class:`berth.core.transfer.Transfers`; this adapter
 turns requests into options, batches progress into stream messages, publishes
-the image events, and cancels the transfer when the client goes away.
+the image events, and cancels the transfer when the client goes away. Unpack
+publishes nothing: containerd has no event for it either.
 
 Progress is coalesced: the transfer reports every chunk, but a message carries
 only the latest state of each blob that changed, at most every
@@ -17,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from berth import errdefs, plugin
 from berth.api.berth.services.transfer.v1 import transfer_pb2 as pb
@@ -32,11 +33,13 @@ from berth.core.content import Descriptor
 from berth.core.metadata.plugin import Metadata
 from berth.core.transfer import (
     UNPACKER_PLUGIN_TYPE,
+    LayerUpdate,
     PullOptions,
     PushOptions,
     RegistryOptions,
     Transfers,
     UnpackerFactory,
+    UnpackOptions,
     Update,
 )
 from berth.services.server import namespace
@@ -47,38 +50,60 @@ log = logging.getLogger("berth.transfer")
 PROGRESS_INTERVAL = 0.1
 
 T = TypeVar("T")
+U = TypeVar("U")
+M = TypeVar("M")
 
 
-class _Batch:
-    """Latest update per blob since the last message (fed on the event loop)."""
+class _Latest(Generic[U, M]):
+    """Latest update per item since the last message (fed on the event loop).
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Update] = {}
+    ``key`` names the item an update is about (a blob, a layer); ``convert``
+    turns the update into its stream message.
+    """
+
+    def __init__(self, key: Callable[[U], str], convert: Callable[[U], M]) -> None:
+        self._key = key
+        self._convert = convert
+        self._pending: dict[str, U] = {}
         self.changed = asyncio.Event()
 
-    def __call__(self, update: Update) -> None:
-        self._pending[update.key] = update
+    def __call__(self, update: U) -> None:
+        self._pending[self._key(update)] = update
         self.changed.set()
 
-    def take(self) -> list[pb.BlobProgress]:
+    def take(self) -> list[M]:
         pending, self._pending = self._pending, {}
         self.changed.clear()
-        return [
-            pb.BlobProgress(
-                key=u.key,
-                digest=u.digest,
-                media_type=u.media_type,
-                status=u.status,
-                offset=u.offset,
-                total=u.total,
-            )
-            for u in pending.values()
-        ]
+        return [self._convert(u) for u in pending.values()]
+
+
+def _blob_progress(u: Update) -> pb.BlobProgress:
+    return pb.BlobProgress(
+        key=u.key,
+        digest=u.digest,
+        media_type=u.media_type,
+        status=u.status,
+        offset=u.offset,
+        total=u.total,
+    )
+
+
+class _Batch(_Latest[Update, pb.BlobProgress]):
+    """Latest update per blob of a pull or push."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda u: u.key, _blob_progress)
+
+
+def _layer_progress(u: LayerUpdate) -> pb.LayerProgress:
+    return pb.LayerProgress(
+        chain_id=u.chain_id, digest=u.digest, media_type=u.media_type, size=u.size, status=u.status
+    )
 
 
 async def _progress_of(
-    work: Awaitable[T], batch: _Batch, box: list[T]
-) -> AsyncIterator[list[pb.BlobProgress]]:
+    work: Awaitable[T], batch: _Latest[Any, M], box: list[T]
+) -> AsyncIterator[list[M]]:
     """Run ``work``, yielding progress batches until it ends; its value lands in ``box``.
 
     If the consumer stops early (the client went away and gRPC cancelled the
@@ -196,6 +221,34 @@ class TransferService(pb_grpc.TransferServicer):
         yield pb.PushProgress(
             blobs=batch.take(),
             image=pb.ImageResult(name=outcome.name, target=_descriptor(outcome.target)),
+        )
+
+    async def Unpack(
+        self, request: pb.UnpackRequest, context: Any
+    ) -> AsyncIterator[pb.UnpackProgress]:
+        ns = namespace(context)
+        opts = UnpackOptions(
+            name=request.name, platform=request.platform, snapshotter=request.snapshotter
+        )
+        log.info("unpack", extra={"fields": {"namespace": ns, "image": request.name}})
+        batch: _Latest[LayerUpdate, pb.LayerProgress] = _Latest(
+            lambda u: u.chain_id, _layer_progress
+        )
+        box: list[Any] = []
+        async for layers in _progress_of(
+            self.transfers.unpack(ns, opts, progress=batch), batch, box
+        ):
+            yield pb.UnpackProgress(layers=layers)
+        outcome = box[0]
+        yield pb.UnpackProgress(
+            layers=batch.take(),
+            result=pb.UnpackResult(
+                name=outcome.image.name,
+                snapshotter=outcome.snapshotter,
+                chain_id=outcome.chain_id,
+                unpacked=outcome.unpacked,
+                manifest=_descriptor(outcome.manifest),
+            ),
         )
 
 
