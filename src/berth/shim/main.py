@@ -13,7 +13,9 @@ it (``runtime/v2/shim``):
   it in its own session with the listening socket as fd 3; print
   ``unix://...`` and exit. Containers whose spec carries the
   ``io.containerd.runc.v2.group`` (or CRI sandbox) annotation share one
-  server;
+  server; so do those started with the same ``BERTH_SHIM_GROUP`` in the
+  environment (berthd's ``shim_group`` setting), which lets the daemon group
+  containers without writing to their specs;
 * ``delete``: clean up after a dead server (``runc delete --force``, unmount
   the rootfs) and print a ``DeleteResponse`` (exit status 128+SIGKILL);
 * no action: serve ``containerd.task.v2.Task`` on fd 3 (or ``-socket``);
@@ -38,6 +40,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Mapping
 
 __all__ = ["Flags", "main", "parse_flags", "socket_address"]
 
@@ -45,6 +48,7 @@ DEFAULT_STATE_DIR = "/run/berth"
 SOCKET_PATH_MAX = 107
 GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
+SHIM_GROUP_ENV = "BERTH_SHIM_GROUP"
 SIGKILL = 9
 
 
@@ -164,7 +168,9 @@ def _write_atomic(path: str, data: str) -> None:
     os.replace(tmp, path)
 
 
-def _grouping(id: str) -> str:
+def _grouping(id: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The server group of container ``id`` (bundle in the cwd): a group
+    annotation in its spec, else ``BERTH_SHIM_GROUP``, else the id itself."""
     try:
         with open("config.json") as f:
             spec = json.load(f)
@@ -174,7 +180,7 @@ def _grouping(id: str) -> str:
     for label in GROUP_LABELS:
         if annotations.get(label):
             return str(annotations[label])
-    return id
+    return environ.get(SHIM_GROUP_ENV) or id
 
 
 def _can_connect(path: str) -> bool:

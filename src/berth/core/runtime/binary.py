@@ -14,7 +14,9 @@ The commands follow the shim v2 contract (``runtime/v2/shim`` in containerd
 1.6): Go-style flags ``-namespace``, ``-address``, ``-publish-binary``, then
 ``-id ID [-debug] start`` with the bundle as working directory,
 ``TTRPC_ADDRESS`` in the environment and the runtime options (a serialized
-``Any``) on stdin; the shim prints its socket address. ``-id ID -bundle PATH
+``Any``) on stdin; the shim prints its socket address. Berth's own shim also
+reads ``BERTH_SHIM_GROUP`` there: the shim server group the task joins when
+its spec names none (see :mod:`.manager`). ``-id ID -bundle PATH
 delete`` cleans up after a dead shim and prints a ``DeleteResponse``.
 
 Shims are spawned with asyncio's subprocess support rather than from worker
@@ -49,6 +51,7 @@ log = logging.getLogger("berth.runtime")
 shim_log = logging.getLogger("berth.runtime.shimlog")
 
 TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
+SHIM_GROUP_ENV = "BERTH_SHIM_GROUP"
 START_TIMEOUT = 60.0
 
 
@@ -205,19 +208,31 @@ class ShimBinary:
             *args,
         ]
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, group: str = "") -> dict[str, str]:
         env = dict(os.environ)
         env["GOMAXPROCS"] = "2"
         env[TTRPC_ADDRESS_ENV] = self.ttrpc_address
+        # Never inherited from the daemon's own environment: only the
+        # manager decides grouping.
+        env.pop(SHIM_GROUP_ENV, None)
+        if group:
+            env[SHIM_GROUP_ENV] = group
         return env
 
     async def _run(
-        self, argv: list[str], *, stdin: bytes | None, cwd: str, combined: bool, timeout: float
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None,
+        cwd: str,
+        combined: bool,
+        timeout: float,
+        group: str = "",
     ) -> tuple[int, bytes, bytes]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
-            env=self._env(),
+            env=self._env(group),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if combined else asyncio.subprocess.PIPE,
@@ -237,11 +252,12 @@ class ShimBinary:
         assert proc.returncode is not None
         return proc.returncode, out or b"", err or b""
 
-    async def start(self, options: bytes | None) -> str:
+    async def start(self, options: bytes | None, *, group: str = "") -> str:
         """Run ``start`` and return the address the shim printed.
 
-        Raises ``errdefs.BerthError`` carrying the shim's output and exit
-        status when it fails.
+        ``group`` (Berth's shim only) names the shim server group to join
+        unless the spec names one. Raises ``errdefs.BerthError`` carrying the
+        shim's output and exit status when it fails.
         """
         args = ["-id", self.bundle.id]
         if self.debug:
@@ -254,6 +270,7 @@ class ShimBinary:
                 cwd=str(self.bundle.path),
                 combined=True,
                 timeout=START_TIMEOUT,
+                group=group,
             )
         except TimeoutError:
             raise errdefs.DeadlineExceeded(

@@ -29,6 +29,25 @@ publishes ``/tasks/exit`` and ``/tasks/delete`` with the exit ``delete``
 reported (128+SIGKILL for both shims in use here), and keeps the task as a
 stopped tombstone until a client deletes it (see :mod:`.shim`).
 
+Shim groups
+-----------
+With ``shim_group = "namespace"`` every container of a namespace that runs
+on Berth's own shim shares one shim server. The manager asks for this without
+touching the container's spec: the shim's ``start`` gets
+``BERTH_SHIM_GROUP`` in its environment, and the shim names its socket after
+the group instead of the container (a group annotation in the spec still
+wins). Go shims get nothing: they group only by annotation.
+
+Each task keeps its own connection to the shared server, so create, delete,
+restore and dead-shim cleanup work per task unchanged; deleting a task sends
+``Shutdown``, which the shim ignores while it still serves others. What
+grouping adds is one race: a task created into a group just as the group's
+last task is deleted could be handed the address of a server that is shutting
+down. A per-group gate closes it: creates enter it together, while the
+``Shutdown`` after a deletion (and the undo of a failed create) holds it
+alone, so a server never gets ``Shutdown`` between another task's ``start``
+and its ``Create``. Ungrouped tasks skip the gate.
+
 Restore at boot
 ---------------
 For every ``<state>/<namespace>/<id>`` bundle: an empty one is removed; the
@@ -59,7 +78,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +104,7 @@ from berth.core.runtime.shim import (
 from berth.core.runtime.types import CreateOpts, Exit, Status
 from berth.ttrpc import Client
 
-__all__ = ["ManagerConfig", "TaskManager"]
+__all__ = ["NAMESPACE_GROUP", "SHIM_GROUPS", "ManagerConfig", "TaskManager"]
 
 log = logging.getLogger("berth.runtime")
 
@@ -93,6 +112,12 @@ CLEANUP_TIMEOUT = 10.0
 SHIM_EXIT_TIMEOUT = 2.0
 EXIT_SEEN = "exit-seen"
 BERTH_SHIM = "containerd-shim-berth-v2"
+#: Values of ``ManagerConfig.shim_group``: one shim per container, or per namespace.
+SHIM_GROUPS = ("", "namespace")
+#: The group name a namespace's shared shim is started with. The '@' keeps it
+#: apart from every container id (identifiers cannot contain one), whose
+#: own shims are named after the id.
+NAMESPACE_GROUP = "@namespace"
 
 #: Finds a container's runtime name for restore: (namespace, id) -> name or None.
 RuntimeLookup = Callable[[str, str], str | None]
@@ -109,7 +134,59 @@ class ManagerConfig:
     default_runtime: str = "io.containerd.berth.v2"
     publish_binary: str = ""
     shim_debug: bool = False
+    #: "" (one shim per container) or "namespace" (see the module notes).
+    shim_group: str = ""
     cleanup_timeout: float = CLEANUP_TIMEOUT
+
+
+class _Gate:
+    """Creates into one shim group run together; its shutdowns run alone.
+
+    A shared/exclusive lock that prefers the exclusive side, so a stream of
+    creates cannot starve a deletion. State changes happen between awaits
+    (the loop is single-threaded), so leaving never awaits and a cancelled
+    holder cannot wedge the gate.
+    """
+
+    def __init__(self) -> None:
+        self.sharing = 0
+        self.exclusive = False
+        self.waiting = 0
+        #: Holders and waiters of either kind; the manager drops idle gates.
+        self.users = 0
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._until(lambda: not self.exclusive and not self.waiting)
+        self.sharing += 1
+        try:
+            yield
+        finally:
+            self.sharing -= 1
+            self._notify()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        self.waiting += 1
+        try:
+            await self._until(lambda: not self.exclusive and not self.sharing)
+        finally:
+            self.waiting -= 1
+        self.exclusive = True
+        try:
+            yield
+        finally:
+            self.exclusive = False
+            self._notify()
 
 
 class TaskManager:
@@ -125,6 +202,7 @@ class TaskManager:
         self._creating: set[tuple[str, str]] = set()
         self._paths: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._gates: dict[tuple[str, str], _Gate] = {}
         self._closed = False
         if not config.publish_binary:
             config.publish_binary = default_publish_binary()
@@ -154,6 +232,37 @@ class TaskManager:
         path = resolve_runtime_path(runtime)
         self._paths[name] = path
         return path
+
+    def shim_group(self, path: str) -> str:
+        """The group a new task of shim binary ``path`` is started in ("" for none).
+
+        Only Berth's own shim is grouped by configuration: it is the one that
+        reads ``BERTH_SHIM_GROUP``.
+        """
+        if self.config.shim_group == "namespace" and os.path.basename(path) == BERTH_SHIM:
+            return NAMESPACE_GROUP
+        return ""
+
+    @contextlib.asynccontextmanager
+    async def _in_group(
+        self, namespace: str, group: str, *, alone: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold the group's gate, shared (creates) or ``alone`` (shutdowns)."""
+        if not group:
+            yield
+            return
+        key = (namespace, group)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.alone() if alone else gate.shared():
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[key]
 
     def _binary(self, path: str, bundle: Bundle) -> ShimBinary:
         c = self.config
@@ -202,23 +311,27 @@ class TaskManager:
             new_bundle, c.state, c.root, namespace, id, opts.spec.value
         )
         binary = self._binary(path, bundle)
+        group = self.shim_group(path)
         shim_log: ShimLog | None = None
         task: ShimTask | None = None
         try:
-            shim_log = await asyncio.to_thread(ShimLog.open, bundle)
-            shim_log.attach()
-            try:
-                address = await binary.start(encode_options(opts.shim_options))
-            except errdefs.BerthError as exc:
-                raise type(exc)(f"failed to start shim: start failed: {exc}") from None
-            task = await self._connect(bundle, binary, address, shim_log)
-            await asyncio.to_thread(bundle.write_shim_binary, path)
-            try:
-                pid = await task.create(opts)
-            except errdefs.BerthError as exc:
-                raise type(exc)(f"failed to create shim task: {exc}") from None
+            async with self._in_group(namespace, group):
+                shim_log = await asyncio.to_thread(ShimLog.open, bundle)
+                shim_log.attach()
+                try:
+                    address = await binary.start(encode_options(opts.shim_options), group=group)
+                except errdefs.BerthError as exc:
+                    raise type(exc)(f"failed to start shim: start failed: {exc}") from None
+                task = await self._connect(bundle, binary, address, shim_log)
+                task.group = group
+                await asyncio.to_thread(bundle.write_shim_binary, path)
+                try:
+                    pid = await task.create(opts)
+                except errdefs.BerthError as exc:
+                    raise type(exc)(f"failed to create shim task: {exc}") from None
         except BaseException:
-            await asyncio.shield(self._undo_create(bundle, binary, task, shim_log))
+            # Outside the shared gate: the undo's Shutdown must run alone.
+            await asyncio.shield(self._undo_create(bundle, binary, task, shim_log, group))
             raise
         self._tasks[(namespace, id)] = task
         self._spawn(self._watch_exit(task), f"wait-{namespace}-{id}")
@@ -243,6 +356,17 @@ class TaskManager:
         return task
 
     async def _undo_create(
+        self,
+        bundle: Bundle,
+        binary: ShimBinary,
+        task: ShimTask | None,
+        shim_log: ShimLog | None,
+        group: str = "",
+    ) -> None:
+        async with self._in_group(bundle.namespace, group, alone=True):
+            await self._undo_create_alone(bundle, binary, task, shim_log)
+
+    async def _undo_create_alone(
         self,
         bundle: Bundle,
         binary: ShimBinary,
@@ -363,12 +487,13 @@ class TaskManager:
             raise
         self._tasks.pop((namespace, id), None)
         task.closing = True
-        with contextlib.suppress(errdefs.BerthError, TimeoutError):
-            await task.shutdown()
-        await task.close()
-        if not any(t.address == task.address for t in self._tasks.values()):
-            # The shim exits now (a grouped one serving others would not).
-            await task.wait_shim_exit(SHIM_EXIT_TIMEOUT)
+        async with self._in_group(namespace, task.group, alone=True):
+            with contextlib.suppress(errdefs.BerthError, TimeoutError):
+                await task.shutdown()
+            await task.close()
+            if not any(t.address == task.address and t.dead is None for t in self._tasks.values()):
+                # The shim exits now (a grouped one serving others would not).
+                await task.wait_shim_exit(SHIM_EXIT_TIMEOUT)
         if exit is None:
             # The shim no longer knew the task: clean up as for a dead shim.
             exit = await self._cleanup_dead(task.binary)
@@ -461,6 +586,9 @@ class TaskManager:
             return
         assert shim_log is not None
         shim_log.attach()
+        # The configured group, not necessarily the one the shim was started
+        # in; it only decides which gate the task's deletion holds.
+        task.group = self.shim_group(path)
         self._tasks[(ns, id)] = task
         seen = (bundle.path / EXIT_SEEN).exists()
         if state.status == Status.STOPPED:

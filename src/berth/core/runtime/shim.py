@@ -171,6 +171,8 @@ class ShimTask:
         self.shim_pid = 0
         #: The shim's socket address (shared by the tasks of a grouped shim).
         self.address = ""
+        #: The shim group the manager started (or restored) the task in; "" for none.
+        self.group = ""
 
     @property
     def id(self) -> str:
