@@ -264,6 +264,10 @@ class Daemon:
         """argv of ``run --rm`` through this project's own CLI; raises NotSupported."""
         raise NotImplementedError
 
+    def own_cli_pull(self, ns: str, ref: str) -> list[str]:
+        """argv of a plain-HTTP pull through this project's own CLI; raises NotSupported."""
+        raise NotImplementedError
+
 
 def _is_shim(pid: int) -> bool:
     # comm is cut to 15 characters: "containerd-shim" for every shim v2 binary.
@@ -325,6 +329,10 @@ class Containerd(Daemon):
         self.namespaces_used.add(ns)
         return self.ctr_argv("run", "--rm", ref, cid, *command, ns=ns)
 
+    def own_cli_pull(self, ns: str, ref: str) -> list[str]:
+        self.namespaces_used.add(ns)
+        return self.ctr_argv("images", "pull", "--plain-http", ref, ns=ns)
+
 
 class Berthd(Daemon):
     """This checkout's berthd, run with the harness's interpreter."""
@@ -334,7 +342,7 @@ class Berthd(Daemon):
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
-        self._cli_checked: str | None = None
+        self._cli_checked: dict[tuple[str, ...], str] = {}
 
     def argv(self) -> list[str]:
         return [
@@ -352,25 +360,32 @@ class Berthd(Daemon):
             "info",
         ]
 
-    def cli(self) -> str:
-        """Path of the ``berth`` CLI; raises NotSupported when it has no ``run`` yet."""
+    def cli(self, *command: str) -> str:
+        """Path of the ``berth`` CLI; raises NotSupported when it lacks *command*
+        (default ``run``) yet."""
+        command = command or ("run",)
         exe = Path(sys.executable).with_name("berth")
         path = str(exe) if exe.exists() else shutil.which("berth")
         if path is None:
             raise NotSupported("no berth CLI installed")
-        if self._cli_checked is None:
+        if command not in self._cli_checked:
             res = subprocess.run(
-                [path, "run", "--help"], capture_output=True, text=True, timeout=30, check=False
+                [path, *command, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             if res.returncode != 0:
                 tail = (res.stderr.strip() or res.stdout.strip()).splitlines()
-                self._cli_checked = (
-                    f"`berth run` is not available ({tail[-1][:160] if tail else res.returncode})"
+                self._cli_checked[command] = (
+                    f"`berth {' '.join(command)}` is not available"
+                    f" ({tail[-1][:160] if tail else res.returncode})"
                 )
             else:
-                self._cli_checked = ""
-        if self._cli_checked:
-            raise NotSupported(self._cli_checked)
+                self._cli_checked[command] = ""
+        if self._cli_checked[command]:
+            raise NotSupported(self._cli_checked[command])
         return path
 
     def own_cli_run_rm(self, ns: str, ref: str, cid: str, command: Sequence[str]) -> list[str]:
@@ -387,4 +402,19 @@ class Berthd(Daemon):
             ref,
             cid,
             *command,
+        ]
+
+    def own_cli_pull(self, ns: str, ref: str) -> list[str]:
+        self.namespaces_used.add(ns)
+        return [
+            self.cli("images", "pull"),
+            "--address",
+            self.address,
+            "--namespace",
+            ns,
+            "images",
+            "pull",
+            "--plain-http",
+            "--quiet",
+            ref,
         ]

@@ -424,6 +424,25 @@ class Bench:
         self._ab(rows, daemons, sample)
         self._leave_clean(daemons)
 
+    def _group_pull_own(self, rows: list[RowResult]) -> None:
+        row = rows[0]
+        img = self.images[row.spec.images[0]]
+
+        def cli_check(d: Daemon) -> None:
+            d.own_cli_pull(NS_PULL, img.ref)
+
+        daemons = self._gate(rows, cli_check)
+
+        def sample(d: Daemon) -> Sample:
+            self._empty_namespace(d, NS_PULL, row)
+            _settle_disk()
+            elapsed, _ = _timed(d.own_cli_pull(NS_PULL, img.ref))
+            self._check_unpacked(d, NS_PULL, img)
+            return {row.spec.id: [elapsed]}
+
+        self._ab(rows, daemons, sample)
+        self._leave_clean(daemons)
+
     def _group_unpack(self, rows: list[RowResult]) -> None:
         row = rows[0]
         img = self.images[row.spec.images[0]]

@@ -61,6 +61,25 @@ def _pull(name: str, desc: str, *, heavy: bool, reps: int) -> RowSpec:
     )
 
 
+def _pull_own(name: str, desc: str, *, heavy: bool, reps: int) -> RowSpec:
+    return RowSpec(
+        id=f"pull_{name.replace('-', '_')}_own_cli",
+        title=f"cold pull+unpack {name} ({desc}), own CLI",
+        unit="s",
+        kind="compare",
+        group="pull_own",
+        what=(
+            f"pull of {name} through each project's own CLI (`ctr images pull` for containerd, "
+            "`berth images pull`, a server-side pull that unpacks as layers land, for Berth), "
+            "from the same cold start as the `ctr` pull rows"
+        ),
+        needs=(*PULL_NEEDS, "transfer"),
+        images=(name,),
+        heavy=heavy,
+        reps=reps,
+    )
+
+
 def _unpack(name: str, *, heavy: bool, reps: int) -> RowSpec:
     return RowSpec(
         id=f"unpack_{name.replace('-', '_')}",
@@ -108,6 +127,8 @@ ROWS: tuple[RowSpec, ...] = (
     _pull("wide", "101 small layers", heavy=True, reps=3),
     _pull("debian", "minbase, 1 gzip layer", heavy=True, reps=3),
     _pull("debian-zstd", "minbase, 1 zstd layer", heavy=True, reps=3),
+    _pull_own("layered", "6 layers, 21 MiB", heavy=False, reps=5),
+    _pull_own("debian", "minbase, 1 gzip layer", heavy=True, reps=3),
     _unpack("busybox", heavy=False, reps=5),
     _unpack("debian", heavy=True, reps=3),
     RowSpec(

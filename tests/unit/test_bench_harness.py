@@ -61,7 +61,13 @@ def test_anything_else_is_not_read_as_a_duration(text: str) -> None:
 
 def test_row_selection_takes_ids_globs_and_commas_in_catalogue_order() -> None:
     chosen = select_rows(["floor_runc,idle_rss", "pull_debian*"])
-    assert [r.id for r in chosen] == ["idle_rss", "pull_debian", "pull_debian_zstd", "floor_runc"]
+    assert [r.id for r in chosen] == [
+        "idle_rss",
+        "pull_debian",
+        "pull_debian_zstd",
+        "pull_debian_own_cli",
+        "floor_runc",
+    ]
     assert select_rows(None) == list(ROWS)
 
 

@@ -16,15 +16,17 @@ of kernel time, so a Debian base layer (~6,700 entries) is seconds of
 The extractor therefore splits the work:
 
 * the calling thread decompresses nothing itself (the caller hands it a
-  stream that inflates on its own thread, see ``berth.core.images.compression``),
-  parses tar headers in order, resolves every path, and performs the
-  operations that others depend on: ``mkdir`` (children need their parent),
-  deletions, whiteouts, hard links, device nodes;
+  stream that inflates on its own thread, see ``berth.core.images.compression``
+  and ``berth.core.diff.walking``), parses tar headers in order (reading the
+  stream in large blocks, see :class:`_TarSource`), resolves every path, and
+  performs the operations that others depend on: ``mkdir`` (children need
+  their parent), deletions, whiteouts, hard links, device nodes;
 * regular files up to :attr:`ApplyOptions.small_file_limit` and symlinks (the
   bulk of any layer) are handed, with their data already read, to a pool of
-  worker threads which create, write, chown, chmod and stamp them. Those calls
-  release the GIL, so several creations are in flight at once while the
-  parser moves on. Bytes held for workers are bounded by
+  worker threads which create, write and stamp them (an owner or mode that
+  creation already got right is not set again: see :func:`_finish_new`).
+  Those calls release the GIL, so several creations are in flight at once
+  while the parser moves on. Bytes held for workers are bounded by
   :attr:`ApplyOptions.max_inflight_bytes`; bigger files are streamed to disk
   by the parser in chunks (holes kept sparse), so memory stays bounded
   whatever the layer holds.
@@ -272,6 +274,45 @@ def _finish_path(path: str, meta: _Meta, *, symlink: bool = False) -> None:
     os.utime(path, ns=(meta.atime, meta.mtime), follow_symlinks=False)
 
 
+# Objects this layer has just created: most already have the owner (root,
+# who runs us) and mode (created with it) the entry asks for. Every chown or
+# chmod dirties the inode and goes through the journal, a good share of a
+# file's cost here, while a stat does not; so compare first. Entries with
+# setuid/setgid/sticky bits take the full path: chown would clear those.
+
+
+def _create_mode(meta: _Meta) -> int:
+    return meta.mode if not meta.mode & 0o7000 else 0o600
+
+
+def _finish_new(st: os.stat_result, meta: _Meta, target: int | str, *, symlink: bool) -> None:
+    """Metadata of a just-created ``target`` (an fd, or a path never followed)
+    whose ``st`` was taken after creation; as :func:`_finish_fd` otherwise."""
+    if meta.mode & 0o7000:
+        if isinstance(target, int):
+            _finish_fd(target, meta)
+        else:
+            _finish_path(target, meta, symlink=symlink)
+        return
+    chowned = st.st_uid != meta.uid or st.st_gid != meta.gid
+    if chowned:
+        if isinstance(target, int):
+            os.fchown(target, meta.uid, meta.gid)
+        else:
+            os.lchown(target, meta.uid, meta.gid)
+    _set_xattrs(target, meta, is_link=symlink)
+    # The umask, or a setgid parent directory, may have changed the mode.
+    if not symlink and stat.S_IMODE(st.st_mode) != meta.mode:
+        if isinstance(target, int):
+            os.fchmod(target, meta.mode)
+        else:
+            os.chmod(target, meta.mode, follow_symlinks=False)
+    if isinstance(target, int):
+        os.utime(target, ns=(meta.atime, meta.mtime))
+    else:
+        os.utime(target, ns=(meta.atime, meta.mtime), follow_symlinks=False)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -280,18 +321,23 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _write_small(path: str, data: bytes, meta: _Meta) -> None:
-    fd = os.open(path, _O_CREATE, 0o600)
+    fd = os.open(path, _O_CREATE, _create_mode(meta))
     try:
         if data:
             _write_all(fd, data)
-        _finish_fd(fd, meta)
+        _finish_new(os.fstat(fd), meta, fd, symlink=False)
     finally:
         os.close(fd)
 
 
+def _make_dir(path: str, meta: _Meta) -> None:
+    os.mkdir(path, _create_mode(meta))
+    _finish_new(os.lstat(path), meta, path, symlink=False)
+
+
 def _write_symlink(path: str, target: str, meta: _Meta) -> None:
     os.symlink(target, path)
-    _finish_path(path, meta, symlink=True)
+    _finish_new(os.lstat(path), meta, path, symlink=True)
 
 
 def _write_sparse_chunk(fd: int, chunk: bytes) -> None:
@@ -329,6 +375,75 @@ class _Budget:
         with self._cond:
             self._used -= n
             self._cond.notify_all()
+
+
+class _TarSource:
+    """A forward-only, seekable-enough view of a stream, for ``tarfile``'s "r:" mode.
+
+    ``tarfile``'s stream mode ("r|") reads its source 10 KiB at a time and
+    re-joins and re-slices its buffer on every read, which made header
+    parsing a good part of the extractor thread's time. This reads the source
+    in blocks of ``block`` bytes and serves headers and small files as slices
+    of the block in hand. ``seek`` moves forward freely (skipping data) and
+    backward only within the block in hand, which is all ``tarfile`` needs to
+    walk an archive member by member (it steps back one byte to check that
+    a skipped member's data was really there).
+    """
+
+    def __init__(self, stream: IO[bytes], block: int = _CHUNK) -> None:
+        self._stream = stream
+        self._block = block
+        self._buf = b""
+        self._pos = 0  # read position within _buf
+        self._base = 0  # stream offset of _buf[0]
+
+    def tell(self) -> int:
+        return self._base + self._pos
+
+    def _refill(self) -> bool:
+        """Replace the (fully consumed) block in hand by the next; False at the end."""
+        data = self._stream.read(self._block)
+        self._base += len(self._buf)
+        self._buf = data
+        self._pos = 0
+        return bool(data)
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            parts = [self._buf[self._pos :]]
+            while self._refill():
+                parts.append(self._buf)
+            self._pos = len(self._buf)
+            return b"".join(parts)
+        end = self._pos + n
+        if end <= len(self._buf):
+            data = self._buf[self._pos : end]
+            self._pos = end
+            return data
+        parts = [self._buf[self._pos :]]
+        want = n - len(parts[0])
+        self._pos = len(self._buf)
+        while want and self._refill():
+            take = min(want, len(self._buf))
+            parts.append(self._buf[:take] if take < len(self._buf) else self._buf)
+            self._pos = take
+            want -= take
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self.tell()
+        elif whence != os.SEEK_SET:
+            raise OSError(errno.ESPIPE, "a tar stream cannot seek from its end")
+        if offset < self._base:
+            raise OSError(errno.ESPIPE, "a tar stream cannot seek backwards")
+        while offset > self._base + len(self._buf):
+            self._pos = len(self._buf)
+            if not self._refill():
+                # Past the end: later reads return nothing, as a file's would.
+                return self.tell()
+        self._pos = offset - self._base
+        return offset
 
 
 # ---------------------------------------------------------------------------
@@ -671,9 +786,13 @@ class _Extractor:
             self._regular(rel, path, m, meta, tf)
         elif m.isdir():
             if st is None or not stat.S_ISDIR(st.st_mode):
-                os.mkdir(path, 0o700)
+                # Here, not on a worker: children need it, and measured,
+                # queueing it (children waiting for it) was slower: more
+                # workers contending for the parent directory's lock.
+                _make_dir(path, meta)
                 self.fresh.add(rel)
-            _finish_path(path, meta)
+            else:
+                _finish_path(path, meta)
             self.known_dirs.add(rel)
             self.dir_times.append((path, meta.atime, meta.mtime))
         elif m.issym():
@@ -856,7 +975,7 @@ def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             raise errdefs.InvalidArgument(f"invalid tar stream: {exc}: invalid argument") from None
         if m is None:
             return
-        # Stream mode keeps every member for random access we never do.
+        # tarfile keeps every member for random access we never do.
         cast(Any, tf).members.clear()
         yield m
 
@@ -885,7 +1004,7 @@ def apply_tar(
     name = ""
     try:
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=1)
+            tf = tarfile.open(fileobj=cast(Any, _TarSource(stream)), mode="r:", errorlevel=1)
         except tarfile.ReadError as exc:
             if str(exc) == "empty file":
                 ok = True

@@ -24,7 +24,9 @@ import base64
 import contextlib
 import io
 import os
+import queue
 import secrets
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +44,7 @@ from berth.core.images import mediatypes as mt
 from berth.core.mount import Mount, with_temp_mount
 
 _READ = 1 << 20
+_AHEAD = 8  # blocks of _READ bytes the pump may run ahead of the extractor
 _PROGRESS_EVERY = 4 << 20
 
 #: Media types :meth:`WalkingDiffer.compare` can produce.
@@ -65,8 +68,19 @@ _CODEC_ERRORS = _codec_errors()
 
 
 class _HashingReader(io.RawIOBase):
-    """Reads the inflated tar, hashing and counting it; codec failures become
-    InvalidArgument naming the layer."""
+    """The inflated tar, read ahead on a thread of its own, hashed and counted.
+
+    The extractor's thread is the one that parses headers and hands files to
+    the creators; every millisecond it spends elsewhere delays them. So a
+    pump thread pulls 1 MiB blocks from the decompressor (so inflating, which
+    releases the GIL in isal and zstandard, runs on that thread), feeds them
+    to SHA-256 (which releases the GIL on blocks this size too) and queues
+    them, at most ``_AHEAD`` blocks ahead. Codec failures become
+    InvalidArgument naming the layer, raised to the reader.
+
+    :meth:`close` stops the pump and waits for it, so the caller may close
+    the decompressor afterwards.
+    """
 
     def __init__(self, inner: IO[bytes], what: str, on_progress: ProgressFn | None) -> None:
         self._inner = inner
@@ -74,7 +88,14 @@ class _HashingReader(io.RawIOBase):
         self._progress = on_progress
         self._next_report = _PROGRESS_EVERY
         self.digester = Digester()
-        self.count = 0
+        self.count = 0  # bytes read from the decompressor (pump thread)
+        self._consumed = 0  # bytes handed to the reader (reader thread)
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_AHEAD)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._end: BaseException | bool | None = False  # False: not at the end yet
+        self._thread = threading.Thread(target=self._pump, name="berth-diff-read", daemon=True)
+        self._thread.start()
 
     def readable(self) -> bool:
         return True
@@ -85,19 +106,57 @@ class _HashingReader(io.RawIOBase):
             f" ({type(exc).__name__}: {exc}): invalid argument"
         )
 
-    def read(self, size: int = -1) -> bytes:
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self) -> None:
+        end: BaseException | None = None
         try:
-            data = self._inner.read(size)
-        except errdefs.BerthError:
-            raise
+            while not self._stop.is_set():
+                data = self._inner.read(_READ)
+                if not data:
+                    break
+                self.digester.update(data)
+                self.count += len(data)
+                if not self._put(data):
+                    return
+        except errdefs.BerthError as exc:
+            end = exc
         except _CODEC_ERRORS as exc:
-            raise self._fail(exc) from exc
+            end = self._fail(exc)
+        except BaseException as exc:  # handed to the reader, who decides
+            end = exc
+        self._put(end)
+
+    def _next_block(self) -> bytes:
+        if self._end is not False:
+            if isinstance(self._end, BaseException):
+                raise self._end
+            return b""
+        item = self._queue.get()
+        if item is None or isinstance(item, BaseException):
+            self._end = item
+            return self._next_block()
+        return item
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buf:
+            self._buf = self._next_block()
+        if size < 0 or size >= len(self._buf):
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:size], self._buf[size:]
         if data:
-            self.digester.update(data)
-            self.count += len(data)
-            if self._progress is not None and self.count >= self._next_report:
-                self._next_report = self.count + _PROGRESS_EVERY
-                self._progress(self.count)
+            self._consumed += len(data)
+            if self._progress is not None and self._consumed >= self._next_report:
+                self._next_report = self._consumed + _PROGRESS_EVERY
+                self._progress(self._consumed)
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -106,10 +165,22 @@ class _HashingReader(io.RawIOBase):
         return len(data)
 
     def drain(self) -> None:
+        """Read to the end (trailing bytes count towards the diff ID too)."""
         while self.read(_READ):
             pass
         if self._progress is not None:
-            self._progress(self.count)
+            self._progress(self._consumed)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            # Unblock a pump waiting for room, then wait for it to let go of
+            # the decompressor.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            self._thread.join()
+        super().close()
 
 
 def _overlay_dirs(options: Sequence[str]) -> tuple[str, list[str]]:
@@ -210,7 +281,11 @@ class WalkingDiffer(Differ):
             raise errdefs.NotFound(f"failed to get reader from content store: {exc}") from None
         # Always sniff, as containerd does: Docker's "diff.tar" is often
         # gzip, and a mislabelled blob still applies.
-        src = compression.open_decompressed(io.BufferedReader(ReaderStream(ra), _READ), None)
+        # threads=0: gzip inflates on the read-ahead thread below, as zstd
+        # does, rather than on one more thread of isal's.
+        src = compression.open_decompressed(
+            io.BufferedReader(ReaderStream(ra), _READ), None, threads=0
+        )
         reader = _HashingReader(src, str(desc.digest), on_progress)
         try:
             if mounts:
@@ -226,6 +301,7 @@ class WalkingDiffer(Differ):
             # diff ID too.
             reader.drain()
         finally:
+            reader.close()
             src.close()
         return Descriptor(
             media_type=mt.OCI_LAYER, digest=reader.digester.digest(), size=reader.count
