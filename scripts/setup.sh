@@ -62,7 +62,9 @@ if [[ ! -f "$stamp_dir/deps-$dep_hash" ]]; then
   touch "$stamp_dir/deps-$dep_hash"
 fi
 
-gen_hash=$( (cat scripts/gen_stubs.py; dpkg-query -W golang-github-containerd-containerd-dev \
+# Berth's own protos (proto/) count too: a changed service must regenerate.
+gen_hash=$( (cat scripts/gen_stubs.py; find proto -name '*.proto' -print0 2>/dev/null | sort -z |
+  xargs -0 -r cat; dpkg-query -W golang-github-containerd-containerd-dev \
   golang-github-gogo-protobuf-dev golang-github-containerd-cgroups-dev) | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp_dir/stubs-$gen_hash" || ! -f src/berth/api/__init__.py ]]; then
   log "generating API stubs"
