@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,9 +55,15 @@ def now_ns() -> int:
 class DB:
     """One SQLite database file with serialized, transactional access."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, schemas: Sequence[str] | None = None) -> None:
+        """Open (creating) ``path`` and apply ``schemas``.
+
+        ``schemas`` defaults to every schema declared with ``register_schema``;
+        a store that keeps its own private file (a snapshotter's) passes its own.
+        """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        self._schemas = list(_SCHEMAS) if schemas is None else list(schemas)
         # check_same_thread=False: access is serialized by self._lock instead,
         # so executor threads can share the one connection.
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -74,7 +80,7 @@ class DB:
 
     def _migrate(self) -> None:
         with self.tx() as cur:
-            for sql in _SCHEMAS:
+            for sql in self._schemas:
                 # executescript() would commit implicitly; run statements one by one
                 # so that the whole migration is one transaction.
                 for stmt in (s.strip() for s in sql.split(";")):

@@ -13,16 +13,15 @@ backend can pair a record change with a directory rename atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from berth import errdefs, filters
+from berth.core.metadata.db import DB
 from berth.core.snapshots import Info, Kind, Usage, adapt_info, apply_label_update
 
 _SCHEMA = """
@@ -51,53 +50,15 @@ class Snapshot:
     parent_ids: list[str] = field(default_factory=list)
 
 
-class MetaStore:
-    """One SQLite file with serialized transactions (blocking; use threads)."""
+class MetaStore(DB):
+    """One SQLite file with serialized transactions (blocking; use threads).
+
+    The snapshotter keeps its own file, so it opens the shared ``DB`` machinery
+    with only its own schema.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            with self.tx() as cur:
-                for stmt in (s.strip() for s in _SCHEMA.split(";")):
-                    if stmt:
-                        cur.execute(stmt)
-
-    @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Cursor]:
-        """A write transaction: committed on success, rolled back on error."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
-            finally:
-                cur.close()
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN")
-            try:
-                yield cur
-            finally:
-                cur.execute("COMMIT")
-                cur.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(path, schemas=(_SCHEMA,))
 
 
 def _now() -> int:
