@@ -25,7 +25,7 @@ from berth.cli._output import parse_labels
 from berth.cli._progress import credentials, progress_sink
 
 if TYPE_CHECKING:
-    from berth.client import Client, ImageConfig, Mount
+    from berth.client import Client, ContainerHandle, ImageConfig, Mount
 
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -192,9 +192,11 @@ def run(
     cfg = _image(client, image, pull, platform, snapshotter, plain_http, hosts_dir, registry_user)
     lbls = parse_labels(labels, bare="")
     opts = _options(env, mounts, net_host, memory_limit, run_user, cwd, tty)
-    _create(client, cfg, container_id, list(args), opts, lbls, runtime, snapshotter)
-    box = client.load_container(container_id)
+    box = _create(client, cfg, container_id, list(args), opts, lbls, runtime, snapshotter)
     code = 0
+    # run_task deletes the task when it returns (unless detached), so --rm
+    # need not look for it again then.
+    task_deleted = False
     try:
         with _tasks.local_tty() if tty else contextlib.nullcontext():
             try:
@@ -202,24 +204,27 @@ def run(
             except errdefs.BerthError as exc:
                 raise _tasks.start_failure(exc) from exc
             code = _tasks.run_task(task, tty=tty, detach=detach)
+            task_deleted = not detach
     finally:
         if remove:
-            _remove(box)
+            _remove(box, task_deleted=task_deleted)
     if detach:
         click.echo(container_id)
     if code:
         sys.exit(code)
 
 
-def _remove(box: Any) -> None:
+def _remove(box: ContainerHandle, *, task_deleted: bool) -> None:
     """--rm: the task (killed if still there, as after ^C), then the container
     and its snapshot. Failures are reported, not raised, so the process's own
-    outcome stays the one berth reports."""
+    outcome stays the one berth reports. ``task_deleted`` skips the lookup of
+    a task already deleted; the container's delete still refuses one."""
     from berth import errdefs
 
     try:
-        with contextlib.suppress(errdefs.NotFound):
-            box.task().delete(force=True)
+        if not task_deleted:
+            with contextlib.suppress(errdefs.NotFound):
+                box.task().delete(force=True)
         with contextlib.suppress(errdefs.NotFound):
             box.delete(snapshot_cleanup=True)
     except errdefs.BerthError as exc:
@@ -279,13 +284,15 @@ def _ensure_unpacked(
     unpacked), so runs of an unpacked image pay nothing more.
     """
     from berth import errdefs
-    from berth.cli.images import unpack_image
 
     if not cfg.chain_id:
         return
     try:
         client.snapshots.with_snapshotter(snapshotter).stat(cfg.chain_id)
     except errdefs.NotFound:
+        # Imported only here: the images CLI is not needed when nothing is unpacked.
+        from berth.cli.images import unpack_image
+
         # Progress goes to stderr: stdout belongs to the container.
         unpack_image(client, cfg.name, snapshotter=snapshotter, platform=platform, err=True)
 
@@ -341,13 +348,16 @@ def _create(
     labels: dict[str, str],
     runtime: str,
     snapshotter: str,
-) -> None:
+) -> ContainerHandle:
     """Prepare the rootfs snapshot and record the container, under a lease so a
-    failure leaves only garbage."""
+    failure leaves only garbage. The handle is built from Create's reply,
+    which is the stored record, so it is not read back again."""
+    from berth.client import ContainerHandle
+
     with client.lease() as leased:
         mounts = leased.containers.prepare_rootfs(container_id, cfg, snapshotter=snapshotter)
         spec = _spec(leased, cfg, container_id, args, opts, mounts, labels)
-        leased.containers.create(
+        info = leased.containers.create(
             container_id,
             spec=spec,
             runtime=runtime,
@@ -356,6 +366,7 @@ def _create(
             snapshotter=snapshotter,
             snapshot_key=container_id,
         )
+    return ContainerHandle(client, info)
 
 
 def _spec(

@@ -340,7 +340,7 @@ class Task:
         if _tasks_core.deletable(state, self.pid):
             self.io.wait(DRAIN_TIMEOUT)
             self.io.close()
-        return self._client._run(_tasks_core.task_delete(self.id, self.pid))
+        return self._client._run(_tasks_core.task_delete(self.id, self.pid, state))
 
 
 class Process:

@@ -280,7 +280,7 @@ class AsyncTask:
         state = await self._client._run(_tasks_core.task_get(self.id, ""))
         if _tasks_core.deletable(state, self.pid):
             await _finish_io(self.io)
-        return await self._client._run(_tasks_core.task_delete(self.id, self.pid))
+        return await self._client._run(_tasks_core.task_delete(self.id, self.pid, state))
 
 
 class AsyncProcess:

@@ -280,9 +280,16 @@ def deletable(state: types.ProcessState, pid: int) -> bool:
     return state.status in _DELETABLE or (state.status == "created" and pid == 0)
 
 
-def task_delete(container_id: str, pid: int) -> Op[types.ExitStatus]:
-    """Delete a stopped task (or a created one whose pid is 0); returns its exit."""
-    st = yield from task_get(container_id, "")
+def task_delete(
+    container_id: str, pid: int, state: types.ProcessState | None = None
+) -> Op[types.ExitStatus]:
+    """Delete a stopped task (or a created one whose pid is 0); returns its exit.
+
+    ``state`` is the task's state when the caller has just read it (to drain
+    its I/O first), so it is not asked for twice; containerd's client also
+    checks the status once per delete.
+    """
+    st = state if state is not None else (yield from task_get(container_id, ""))
     if not deletable(st, pid):
         raise errdefs.FailedPrecondition(
             f"task must be stopped before deletion: {st.status}: failed precondition"
