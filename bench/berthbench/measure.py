@@ -585,10 +585,12 @@ class Bench:
             out: Sample = {}
             try:
                 ids = [self._uid(d, "seq") for _ in range(n)]
+                cpu0 = procs.cpu_seconds(d.pid)
                 t0 = time.perf_counter()
                 for cid in ids:
                     start(d, cid)
                 out["run_d_seq"] = [time.perf_counter() - t0]
+                out["run_d_cpu"] = [(procs.cpu_seconds(d.pid) - cpu0) * 1000 / n]
                 pids = expect_running(d, ids)
                 time.sleep(1.0)  # let start-up allocations settle before reading memory
                 out["rss_running"] = [d.memory().rss / MiB]
@@ -615,6 +617,53 @@ class Bench:
                     d.remove_all_containers(NS_RUN)
 
         self._ab(rows, daemons, cycle, warm=warm)
+
+    # -- the cost of one small request ------------------------------------------------
+    def _group_rpc(self, rows: list[RowResult]) -> None:
+        # A Python gRPC client in this process: its own cost is not measured,
+        # only the daemon's CPU time while it answers.
+        import grpc
+        from google.protobuf import empty_pb2
+
+        from berth.api.services.content.v1 import content_pb2, content_pb2_grpc
+        from berth.api.services.images.v1 import images_pb2, images_pb2_grpc
+        from berth.api.services.version.v1 import version_pb2_grpc
+
+        img = self.images["busybox"]
+        want = {row.spec.id for row in rows}
+        needs_image = "rpc_info_cpu" in want
+        daemons = self._gate(rows)
+        if needs_image:
+            daemons = self._setup(rows, daemons, self._ensure_run_image)
+        calls = 2000
+        md = (("containerd-namespace", NS_RUN),)
+
+        def per_call(d: Daemon, call: Callable[[], object]) -> float:
+            for _ in range(100):  # warm the connection and the daemon's caches
+                call()
+            cpu0 = procs.cpu_seconds(d.pid)
+            for _ in range(calls):
+                call()
+            return (procs.cpu_seconds(d.pid) - cpu0) * 1e6 / calls
+
+        def sample(d: Daemon) -> Sample:
+            out: Sample = {}
+            with grpc.insecure_channel(f"unix://{d.address}") as ch:
+                if "rpc_version_cpu" in want:
+                    version = version_pb2_grpc.VersionStub(ch)
+                    out["rpc_version_cpu"] = [
+                        per_call(d, lambda: version.Version(empty_pb2.Empty()))
+                    ]
+                if needs_image:
+                    image = images_pb2_grpc.ImagesStub(ch).Get(
+                        images_pb2.GetImageRequest(name=img.ref), metadata=md
+                    )
+                    content = content_pb2_grpc.ContentStub(ch)
+                    req = content_pb2.InfoRequest(digest=image.image.target.digest)
+                    out["rpc_info_cpu"] = [per_call(d, lambda: content.Info(req, metadata=md))]
+            return out
+
+        self._ab(rows, daemons, sample)
 
     # -- floors -------------------------------------------------------------------
     def _group_floor_runc(self, rows: list[RowResult]) -> None:

@@ -77,6 +77,13 @@ def _stat_fields(pid: int) -> list[str]:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of *pid* (all its threads, live and exited)."""
+    fields = _stat_fields(pid)
+    # utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ppid(pid: int) -> int:
     """Parent PID; raises ProcessLookupError when *pid* is gone."""
     try:

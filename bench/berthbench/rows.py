@@ -185,6 +185,15 @@ ROWS: tuple[RowSpec, ...] = (
         "total wall time of N `ctr run -d --null-io busybox sleep` one after another",
     ),
     _fleet(
+        "run_d_cpu",
+        "daemon CPU per run -d",
+        "ms",
+        (
+            "the daemon's own CPU time (user+system, all threads; shims excluded) over the "
+            "N sequential `ctr run -d`, divided by N"
+        ),
+    ),
+    _fleet(
         "rss_running",
         "daemon RSS, {n} running",
         "MiB",
@@ -216,6 +225,30 @@ ROWS: tuple[RowSpec, ...] = (
         "{n}x run -d, {p} in parallel",
         "s",
         "total wall time of N `ctr run -d` with P running at once",
+    ),
+    RowSpec(
+        id="rpc_version_cpu",
+        title="daemon CPU per Version call",
+        unit="µs",
+        kind="compare",
+        group="rpc",
+        what=(
+            "the daemon's CPU time over 2000 `Version` calls on one connection from a Python "
+            "gRPC client, divided by 2000: the per-call cost of the gRPC runtime"
+        ),
+        needs=("version",),
+        reps=3,
+    ),
+    RowSpec(
+        id="rpc_info_cpu",
+        title="daemon CPU per Content.Info call",
+        unit="µs",
+        kind="compare",
+        group="rpc",
+        what="as above, for `Content.Info` of busybox's manifest (a keyed metadata read)",
+        needs=("version", "content"),
+        images=("busybox",),
+        reps=3,
     ),
     RowSpec(
         id="floor_runc",

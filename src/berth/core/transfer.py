@@ -62,9 +62,6 @@ from berth import errdefs
 from berth.core.content import Descriptor, Digest, Info, ReaderAt, Status, Store, Writer
 from berth.core.content.errors import OutOfRange
 from berth.core.content.store import InfoFilter, StatusFilter, WalkFn
-from berth.core.images.platforms import MatchComparer, default, matcher_for
-from berth.core.images.rootfs import chain_ids
-from berth.core.images.walk import ResolvedImage, image_config, manifest_for_platform
 from berth.core.metadata.content import ContentStore
 from berth.core.metadata.gc import LABEL_EXPIRE
 from berth.core.metadata.images import Image
@@ -73,8 +70,11 @@ from berth.core.metadata.plugin import Metadata
 
 if TYPE_CHECKING:
     # The registry client (and httpx under it) loads at the first pull or
-    # push, not when berthd registers and starts this plugin: an idle daemon
-    # never needs it. See "Daemon footprint" in docs/architecture.md.
+    # push, and the image model (manifests, platforms) with it or at the
+    # first unpack, not when berthd registers and starts this plugin: an idle
+    # daemon never needs them. See "Daemon footprint" in docs/architecture.md.
+    from berth.core.images.platforms import MatchComparer
+    from berth.core.images.walk import ResolvedImage
     from berth.core.remotes import LayerToUnpack, Progress, Reference, Resolver, UnpackFn
     from berth.core.unpack import Unpacker
 
@@ -372,6 +372,8 @@ def _matcher(platforms: Sequence[str]) -> MatchComparer | None:
     """The matcher for ``--platform`` values, None for none (the host default)."""
     if not platforms:
         return None
+    from berth.core.images.platforms import matcher_for  # loaded by _load_remotes already
+
     return matcher_for(platforms)
 
 
@@ -383,6 +385,16 @@ async def _load_remotes() -> None:
     """
     if "berth.core.remotes" not in sys.modules:
         await asyncio.to_thread(importlib.import_module, "berth.core.remotes")
+
+
+async def _load_images() -> None:
+    """Import the image model on a worker thread (a no-op once loaded).
+
+    Manifests and platforms are needed by the first pull, push or unpack,
+    not by an idle daemon; a pull loads them with the registry client.
+    """
+    if "berth.core.images" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "berth.core.images")
 
 
 def _update_of(p: Progress) -> Update:
@@ -584,6 +596,11 @@ class Transfers:
         if not opts.name:
             raise errdefs.InvalidArgument("image name must not be empty")
         image = await self.md.run(lambda: self.md.images.get(namespace, opts.name))
+        await _load_images()
+        from berth.core.images.platforms import default, matcher_for
+        from berth.core.images.rootfs import chain_ids
+        from berth.core.images.walk import image_config, manifest_for_platform
+
         matcher = matcher_for([opts.platform]) if opts.platform else default()
         factory = self._unpacker()
         if not isinstance(factory, ImageUnpackers):

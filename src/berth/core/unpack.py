@@ -43,15 +43,15 @@ from typing import TYPE_CHECKING, Any
 from berth import errdefs, plugin
 from berth.core.content import Descriptor, Digest, Info, Store
 from berth.core.diff import UNCOMPRESSED_LABEL, Differ
-from berth.core.images.platforms import MatchComparer
-from berth.core.images.rootfs import chain_ids
-from berth.core.images.walk import image_config, manifest_for_platform
 from berth.core.metadata.gc import LABEL_REF_SNAPSHOT
 from berth.core.snapshots import INHERITED_LABEL_PREFIX, SNAPSHOT_REF_LABEL, Snapshotter
 
 if TYPE_CHECKING:
-    # Only named in annotations: importing the registry client at plugin
-    # registration would load httpx into an idle daemon.
+    # Only named in annotations: importing the registry client (httpx) or the
+    # image model (manifests, platforms) at plugin registration would load
+    # them into an idle daemon; they load with the first pull or unpack, on
+    # the worker thread doing it.
+    from berth.core.images.platforms import MatchComparer
     from berth.core.remotes import LayerToUnpack, UnpackFn
 
 log = logging.getLogger("berth.unpack")
@@ -190,6 +190,8 @@ class Unpacker:
             )
         if not layers:
             raise errdefs.InvalidArgument("image has no layers to unpack")
+        from berth.core.images.rootfs import chain_ids
+
         chains = chain_ids(diff_ids)
         applied: list[Digest] = []
         for i, layer in enumerate(layers):
@@ -203,6 +205,8 @@ class Unpacker:
         """Unpack the image ``target`` (a manifest or index in the content
         store) for ``platform``. Blocking. Raises NotFound (no manifest for
         the platform, missing content) and what :meth:`apply_layer` raises."""
+        from berth.core.images.walk import image_config, manifest_for_platform
+
         resolved = manifest_for_platform(self.content, target, platform)
         config = image_config(self.content, resolved.manifest.config)
         return self.unpack_layers(

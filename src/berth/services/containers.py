@@ -26,15 +26,11 @@ from berth.core.metadata.containers import (
     ContainerStore,
     Runtime,
 )
-from berth.services.server import namespace
+from berth.services.server import namespace, timestamp
 
 
 def _ts(t: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if t is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(t)
-    return ts
+    return None if t is None else timestamp(t)
 
 
 def _any_to_pb(a: AnyValue | None) -> any_pb2.Any | None:
@@ -93,7 +89,7 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     async def Get(self, request: pb.GetContainerRequest, context: Any) -> pb.GetContainerResponse:
         ns = namespace(context)
-        c = await self.db.run(lambda: self.store.get(ns, request.id))
+        c = await self.db.query(lambda: self.store.get(ns, request.id))
         return pb.GetContainerResponse(container=container_to_pb(c))
 
     async def List(

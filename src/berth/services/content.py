@@ -26,19 +26,17 @@ from berth.api.events import content_pb2 as events_pb
 from berth.api.services.content.v1 import content_pb2 as pb
 from berth.api.services.content.v1 import content_pb2_grpc as pb_grpc
 from berth.core import events
-from berth.core.content import Digest, Info, Status
+from berth.core.content import Digest, Info, ReaderAt, Status
 from berth.core.metadata.content import ContentStore, NamespacedWriter
 from berth.core.metadata.plugin import Metadata
-from berth.services.server import lease_from, namespace
+from berth.services.server import lease_from, namespace, timestamp
 
 LIST_BATCH = 100
 READ_CHUNK = 1 << 20
 
 
 def _ts(t: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(t)
-    return ts
+    return timestamp(t)
 
 
 def _info_to_pb(info: Info) -> pb.Info:
@@ -81,7 +79,7 @@ class ContentService(pb_grpc.ContentServicer):
     async def Info(self, request: pb.InfoRequest, context: Any) -> pb.InfoResponse:
         ns = namespace(context)
         d = _digest(request.digest, '"{d}" failed validation: {err}')
-        info = await self.md.run(lambda: self.store.info(ns, d))
+        info = await self.md.query(lambda: self.store.info(ns, d))
         return pb.InfoResponse(info=_info_to_pb(info))
 
     async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
@@ -118,24 +116,36 @@ class ContentService(pb_grpc.ContentServicer):
     ) -> AsyncIterator[pb.ReadContentResponse]:
         ns = namespace(context)
         d = _digest(request.digest, "{d}: {err}")
-        info = await self.md.run(lambda: self.store.info(ns, d))
-        ra = await self.md.run(lambda: self.store.reader_at(ns, d))
-        try:
-            offset = max(request.offset, 0)
+        offset = max(request.offset, 0)
+
+        def open_and_read_first() -> tuple[ReaderAt, int, bytes]:
+            # One hand-off to a thread for the lookup, the open and the first
+            # chunk: most reads (manifests, configs) are a single chunk, and
+            # each hand-off costs more than the work itself.
+            info = self.store.info(ns, d)
             if offset > info.size:
                 raise errdefs.OutOfRange(f"read past object length {info.size} bytes")
             size = request.size
             if size <= 0 or offset + size > info.size:
                 size = info.size - offset
             end = offset + size
+            ra = self.store.reader_at(ns, d)
+            try:
+                first = ra.read_at(offset, min(READ_CHUNK, size)) if size > 0 else b""
+            except BaseException:
+                ra.close()
+                raise
+            return ra, end, first
+
+        ra, end, data = await self.md.run(open_and_read_first)
+        try:
             pos = offset
-            while pos < end:
-                n = min(READ_CHUNK, end - pos)
-                data = await asyncio.to_thread(ra.read_at, pos, n)
-                if not data:
-                    break
+            while data:
                 yield pb.ReadContentResponse(offset=pos, data=data)
                 pos += len(data)
+                if pos >= end:
+                    break
+                data = await asyncio.to_thread(ra.read_at, pos, min(READ_CHUNK, end - pos))
         finally:
             ra.close()
 

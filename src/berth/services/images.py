@@ -23,15 +23,11 @@ from berth.core.content import Descriptor
 from berth.core.metadata.gc import Scheduler, collect_now
 from berth.core.metadata.images import Image, ImageStore, make_target
 from berth.core.metadata.plugin import Metadata
-from berth.services.server import namespace
+from berth.services.server import namespace, timestamp
 
 
 def _ts(t: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if t is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(t)
-    return ts
+    return None if t is None else timestamp(t)
 
 
 def image_to_pb(image: Image) -> pb.Image:
@@ -66,7 +62,7 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     async def Get(self, request: pb.GetImageRequest, context: Any) -> pb.GetImageResponse:
         ns = namespace(context)
-        image = await self.md.run(lambda: self.store.get(ns, request.name))
+        image = await self.md.query(lambda: self.store.get(ns, request.name))
         return pb.GetImageResponse(image=image_to_pb(image))
 
     async def List(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,8 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
 
     def uuid(self) -> str:
         """The daemon's identity, generated once and persisted under the root."""
+        import uuid  # only `ctr version` and its like ask: kept out of boot
+
         path = self.root / "uuid"
         with self._lock:
             try:

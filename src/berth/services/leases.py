@@ -13,13 +13,11 @@ from berth.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
 from berth.core.metadata.db import DB
 from berth.core.metadata.gc import Scheduler, collect_now
 from berth.core.metadata.leases import Lease, LeaseStore, random_lease_id
-from berth.services.server import namespace
+from berth.services.server import namespace, timestamp
 
 
 def _ts(ns: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
+    return timestamp(ns)
 
 
 def _to_pb(lease: Lease) -> pb.Lease:

@@ -42,7 +42,7 @@ class NamespacesService(pb_grpc.NamespacesServicer):
         pb_grpc.add_NamespacesServicer_to_server(self, server)
 
     async def Get(self, request: pb.GetNamespaceRequest, context: Any) -> pb.GetNamespaceResponse:
-        lbls = await self.db.run(lambda: self.store.labels(request.name))
+        lbls = await self.db.query(lambda: self.store.labels(request.name))
         return pb.GetNamespaceResponse(namespace=pb.Namespace(name=request.name, labels=lbls))
 
     async def List(

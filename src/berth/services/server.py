@@ -1,19 +1,21 @@
 """The gRPC server's shared machinery: error mapping and request logging.
 
-Every handler is wrapped so that ``berth.errdefs`` exceptions become the status
-codes containerd returns, anything unexpected becomes UNKNOWN with its message
-(and a logged traceback), and each request is logged at debug level with its
-namespace.
+Every handler is wrapped, once, as its service registers (``WrappingServer``),
+so that ``berth.errdefs`` exceptions become the status codes containerd
+returns, anything unexpected becomes UNKNOWN with its message (and a logged
+traceback), and each request is logged at debug level with its namespace.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from grpc import aio
 
 from berth import errdefs, namespaces
@@ -21,6 +23,24 @@ from berth import errdefs, namespaces
 log = logging.getLogger("berth.grpc")
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp(value: datetime | int) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp of a datetime (naive means UTC) or of epoch nanoseconds.
+
+    Built from seconds and nanos directly: protobuf's ``FromDatetime`` does
+    its calendar arithmetic in Python, a visible share of a small request.
+    """
+    if isinstance(value, int):
+        seconds, nanos = divmod(value, 1_000_000_000)
+        return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    d = value - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=d.days * 86400 + d.seconds, nanos=d.microseconds * 1000)
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
@@ -72,72 +92,99 @@ def _log_request(method: str, context: aio.ServicerContext, start: float, err: s
     log.debug("request", extra={"fields": fields})
 
 
-class ErrorInterceptor(aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
+def _wrap_unary(fn: Any, method: str) -> Any:
+    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        start = time.monotonic()
+        err = None
+        try:
+            return await fn(request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            err = str(exc)
+            await _abort(context, exc, method)
+        finally:
+            _log_request(method, context, start, err)
+
+    return unary
+
+
+def _wrap_stream(fn: Any, method: str) -> Any:
+    async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        start = time.monotonic()
+        err = None
+        try:
+            async for item in fn(request, context):
+                yield item
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            err = str(exc)
+            await _abort(context, exc, method)
+        finally:
+            _log_request(method, context, start, err)
+
+    return stream
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """*handler* with errdefs mapping and request logging around its behaviour."""
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream, method), **kw
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kw)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method), **kw
+        )
+    return handler
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers are wrapped once, on first use."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
+        try:
+            return self._cache[method]
+        except KeyError:
+            pass
+        handler = self._inner.service(details)
+        wrapped = wrap_handler(handler, method) if handler is not None else None
+        self._cache[method] = wrapped
+        return wrapped
 
-        def wrap_unary(fn: Any) -> Any:
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
-                start = time.monotonic()
-                err = None
-                try:
-                    return await fn(request, context)
-                except aio.AbortError:
-                    raise
-                except Exception as exc:
-                    err = str(exc)
-                    await _abort(context, exc, method)
-                finally:
-                    _log_request(method, context, start, err)
 
-            return unary
+class WrappingServer:
+    """Stands in for the grpc.aio server while services register.
 
-        def wrap_stream(fn: Any) -> Any:
-            async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                start = time.monotonic()
-                err = None
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except aio.AbortError:
-                    raise
-                except Exception as exc:
-                    err = str(exc)
-                    await _abort(context, exc, method)
-                finally:
-                    _log_request(method, context, start, err)
+    The generated ``add_*Servicer_to_server`` functions hand their method
+    handlers to this object, which wraps each one once (errdefs mapping,
+    request logging) before passing it on. A server interceptor would do the
+    same work per request: an extra coroutine and four new handler objects on
+    every call, a measurable share of berthd's CPU per ``ctr run``.
+    """
 
-            return stream
+    def __init__(self, server: Any) -> None:
+        self._server = server
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {name: wrap_handler(h, f"/{service}/{name}") for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)

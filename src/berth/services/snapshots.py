@@ -24,7 +24,7 @@ from berth.core import events
 from berth.core.mount import Mount
 from berth.core.snapshots import Info, Kind, Snapshotter
 from berth.core.snapshots.plugin import SERVICE_ID, Snapshotters
-from berth.services.server import lease_from, namespace
+from berth.services.server import lease_from, namespace, timestamp
 
 T = TypeVar("T")
 
@@ -33,9 +33,7 @@ LIST_BATCH = 100
 
 
 def _ts(ns: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
+    return timestamp(ns)
 
 
 def info_to_pb(info: Info) -> pb.Info:

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 import time
 from typing import Any
@@ -44,7 +43,6 @@ from berth.api.services.tasks.v1 import tasks_pb2 as pb
 from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from berth.api.types import descriptor_pb2, metrics_pb2
 from berth.api.types.task import task_pb2
-from berth.core.images.mediatypes import CONTAINERD_CHECKPOINT, CONTAINERD_CHECKPOINT_CONFIG
 from berth.core.metadata.containers import AnyValue, Container, ContainerStore
 from berth.core.mount import Mount
 from berth.core.runtime import (
@@ -57,7 +55,7 @@ from berth.core.runtime import (
     Status,
     TaskManager,
 )
-from berth.services.server import namespace
+from berth.services.server import namespace, timestamp
 
 __all__ = ["TasksService"]
 
@@ -69,9 +67,7 @@ _EMPTY = empty_pb2.Empty()
 
 
 def _ts(ns: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
+    return timestamp(ns)
 
 
 def _any_in(msg: Any, field: str) -> AnyValue | None:
@@ -237,6 +233,12 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.CreateTaskResponse(container_id=request.container_id, pid=pid)
 
     async def _restore_checkpoint(self, ns: str, desc: descriptor_pb2.Descriptor) -> str:
+        # Checkpoint paths only: tarfile and the image package stay unloaded
+        # in a daemon that never checkpoints.
+        import tarfile
+
+        from berth.core.images.mediatypes import CONTAINERD_CHECKPOINT
+
         if desc.media_type != CONTAINERD_CHECKPOINT:
             raise errdefs.BerthError(f'unsupported checkpoint type "{desc.media_type}"')
         content = self.md.require_content()
@@ -399,6 +401,7 @@ class TasksService(pb_grpc.TasksServicer):
     async def Checkpoint(
         self, request: pb.CheckpointTaskRequest, context: Any
     ) -> pb.CheckpointTaskResponse:
+
         ns = namespace(context)
         container = await self._container(ns, request.container_id)
         task = self.manager.get(ns, container.id)
@@ -419,6 +422,10 @@ class TasksService(pb_grpc.TasksServicer):
     def _store_checkpoint(
         self, ns: str, container: Container, image: str
     ) -> list[descriptor_pb2.Descriptor]:
+        import tarfile
+
+        from berth.core.images.mediatypes import CONTAINERD_CHECKPOINT, CONTAINERD_CHECKPOINT_CONFIG
+
         content = self.md.require_content()
 
         def write(ref: str, media_type: str, produce: Any) -> descriptor_pb2.Descriptor:

@@ -27,22 +27,37 @@ with the hash over ``<address>/<namespace>/<id>``. Berth derives the state
 directory from ``-address`` (its parent directory: ``/run/berth`` for
 ``/run/berth/berth.sock``), so isolated daemons keep isolated shims.
 
-The module keeps its top-level imports to the standard library: ``start`` and
-``delete`` are short-lived and should not pay for protobuf, and the server
+Start-up cost is the point of this module's shape. ``start`` runs once per
+task on the daemon's critical path and its interpreter's start-up is most of
+what it costs, so its path imports only ``os``, ``sys`` and the C modules
+``_socket`` and ``_sha256`` (not ``socket``, ``hashlib``, ``json``,
+``contextlib`` or ``typing``, each of which costs milliseconds); it decodes
+the runtime options it needs (``ShimCgroup``) from the protobuf wire format
+by hand instead of importing protobuf and the service (~100 ms); and it ends
+with ``os._exit`` once its answer is out, skipping interpreter teardown.
+``delete`` is rare (dead shims) and imports what it likes; the server
 imports the service lazily.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import socket
 import sys
-from collections.abc import Mapping
 
-__all__ = ["Flags", "main", "parse_flags", "socket_address"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _socket import socket as Socket
+    from collections.abc import Mapping
+
+__all__ = [
+    "Flags",
+    "OptionsError",
+    "main",
+    "parse_flags",
+    "sha256_hex",
+    "shim_cgroup_option",
+    "socket_address",
+]
 
 DEFAULT_STATE_DIR = "/run/berth"
 SOCKET_PATH_MAX = 107
@@ -145,13 +160,25 @@ def state_dir(address: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` in hex, without ``hashlib`` (whose OpenSSL
+    binding costs ``start`` ~2 ms to load) where the builtin module exists."""
+    try:
+        import _sha256
+    except ImportError:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+    return str(_sha256.sha256(data).hexdigest())
+
+
 def socket_address(address: str, namespace: str, group: str) -> str:
     """``unix://<state>/s/<sha256(address/namespace/group)>``.
 
     Falls back to the default state directory when the derived path would
     exceed the unix socket path limit.
     """
-    digest = hashlib.sha256(os.path.join(address, namespace, group).encode()).hexdigest()
+    digest = sha256_hex(os.path.join(address, namespace, group).encode())
     path = os.path.join(state_dir(address), "s", digest)
     if len(path) > SOCKET_PATH_MAX:
         path = os.path.join(DEFAULT_STATE_DIR, "s", digest)
@@ -172,19 +199,37 @@ def _grouping(id: str, environ: Mapping[str, str] = os.environ) -> str:
     """The server group of container ``id`` (bundle in the cwd): a group
     annotation in its spec, else ``BERTH_SHIM_GROUP``, else the id itself."""
     try:
-        with open("config.json") as f:
-            spec = json.load(f)
-    except (OSError, ValueError) as exc:
+        with open("config.json", "rb") as f:
+            raw = f.read()
+    except OSError as exc:
         raise RuntimeError(f"read config.json: {exc}") from None
-    annotations = spec.get("annotations") or {}
-    for label in GROUP_LABELS:
-        if annotations.get(label):
-            return str(annotations[label])
+    # Parsing JSON means importing json (and re): skip it when the spec
+    # cannot name a group. Without a backslash no key is escaped, so a label
+    # that is absent as bytes is absent from the document.
+    if b"\\" in raw or any(label.encode() in raw for label in GROUP_LABELS):
+        import json
+
+        try:
+            spec = json.loads(raw)
+        except ValueError as exc:
+            raise RuntimeError(f"read config.json: {exc}") from None
+        annotations = (spec.get("annotations") or {}) if isinstance(spec, dict) else {}
+        for label in GROUP_LABELS:
+            if annotations.get(label):
+                return str(annotations[label])
     return environ.get(SHIM_GROUP_ENV) or id
 
 
+def _unix_socket(kind: int) -> Socket:
+    import _socket
+
+    return _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
+
+
 def _can_connect(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    import _socket
+
+    s = _unix_socket(_socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
         s.connect(path)
@@ -195,11 +240,13 @@ def _can_connect(path: str) -> bool:
     return True
 
 
-def _listen(path: str) -> socket.socket | None:
+def _listen(path: str) -> Socket | None:
     """Bind and listen on ``path``; None when a live server already owns it."""
+    import _socket
+
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     for _ in range(2):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _unix_socket(_socket.SOCK_STREAM)
         try:
             s.bind(path)
         except OSError as exc:
@@ -227,8 +274,11 @@ def _read_stdin_options() -> bytes:
     try:
         if os.isatty(0):
             return b""
-        return sys.stdin.buffer.read()
-    except (OSError, ValueError):
+        chunks = []
+        while chunk := os.read(0, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
         return b""
 
 
@@ -252,9 +302,35 @@ def _join_cgroup(path: str, pid: int) -> None:
             f.write(str(pid))
 
 
+def _keep_descriptors_to_ourselves() -> None:
+    """Make every descriptor above stderr close on exec.
+
+    The zygote or server this command spawns lives on, and ``posix_spawn``
+    hands it every inheritable descriptor we have. A caller may leave some
+    open by mistake (uvloop's subprocess support passes copies of the
+    child's stdio pipes); a long-lived copy of our stdout would keep the
+    caller from ever seeing end-of-file on it, and so from ever getting the
+    address.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the descriptor listdir itself used, now closed
+
+
 def cmd_start(flags: Flags) -> int:
     from berth.shim import zygote
 
+    _keep_descriptors_to_ourselves()
+    # Options first: malformed ones must fail the start before a server exists.
+    shim_cgroup = shim_cgroup_option(_read_stdin_options())
     address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
     path = address.removeprefix("unix://")
     sock = _listen(path)
@@ -262,6 +338,7 @@ def cmd_start(flags: Flags) -> int:
         # Grouping: a live shim already serves this group.
         _write_atomic("address", address)
         sys.stdout.write(address)
+        sys.stdout.flush()
         return 0
     try:
         _write_atomic("address", address)
@@ -285,19 +362,20 @@ def cmd_start(flags: Flags) -> int:
             pid = _spawn_server(flags, sock, env)
     except BaseException:
         sock.close()
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
+        except OSError:
+            pass
         raise
     sock.close()
-    data = _read_stdin_options()
-    if data:
-        _apply_start_options(data, pid)
+    if shim_cgroup:
+        _join_cgroup(shim_cgroup, pid)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
 
 
-def _spawn_server(flags: Flags, sock: socket.socket, env: dict[str, str]) -> int:
+def _spawn_server(flags: Flags, sock: Socket, env: dict[str, str]) -> int:
     """Start the server as a fresh interpreter (no zygote)."""
     argv = [*_self_argv(), "-namespace", flags.namespace, "-id", flags.id]
     argv += ["-address", flags.address, "-publish-binary", flags.publish_binary]
@@ -326,14 +404,98 @@ def _spawn_server(flags: Flags, sock: socket.socket, env: dict[str, str]) -> int
         os.close(listen_fd)
 
 
-def _apply_start_options(data: bytes, pid: int) -> None:
-    from google.protobuf import any_pb2
+# -- runtime options on stdin, without protobuf ------------------------------------------
 
-    from berth.shim.service import parse_runtime_options
+# What a ``google.protobuf.Any`` holding runc options may be called
+# (containerd.runc.v1.Options and its v1 runtime twin), and the field numbers
+# read here: Any.type_url = 1, Any.value = 2, Options.shim_cgroup = 3.
+_OPTIONS_TYPES = ("containerd.runc.v1.Options", "containerd.runtime.linux.runc.v1.Options")
 
-    opts = parse_runtime_options(any_pb2.Any.FromString(data))
-    if opts.shim_cgroup:
-        _join_cgroup(opts.shim_cgroup, pid)
+
+class OptionsError(ValueError):
+    """The runtime options on stdin are not a well-formed runc ``Options`` Any."""
+
+
+def _wire_fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Split a protobuf message into ``(field, wire type, value)``:
+    length-delimited values as bytes, varints and fixed-width values as ints.
+    Raises OptionsError on a truncated or malformed message."""
+    fields: list[tuple[int, int, bytes | int]] = []
+    i, n = 0, len(data)
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            if i >= n or shift > 63:
+                raise OptionsError("truncated or overlong varint")
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                return value
+            shift += 7
+
+    while i < n:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise OptionsError("field number 0")
+        value: bytes | int
+        if wire == 0:
+            value = varint()
+        elif wire == 2:
+            size = varint()
+            if i + size > n:
+                raise OptionsError("truncated length-delimited field")
+            value = data[i : i + size]
+            i += size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if i + size > n:
+                raise OptionsError("truncated fixed-width field")
+            value = int.from_bytes(data[i : i + size], "little")
+            i += size
+        else:
+            raise OptionsError(f"unsupported wire type {wire}")
+        fields.append((number, wire, value))
+    return fields
+
+
+def _last_bytes(fields: list[tuple[int, int, bytes | int]], number: int) -> bytes:
+    """The last occurrence wins, as protobuf decoders merge scalar fields."""
+    found = b""
+    for num, wire, value in fields:
+        if num == number:
+            if wire != 2 or not isinstance(value, bytes):
+                raise OptionsError(f"field {number} has wire type {wire}")
+            found = value
+    return found
+
+
+def shim_cgroup_option(data: bytes) -> str:
+    """``ShimCgroup`` from the serialized ``Any`` that ``start`` reads on
+    stdin ("" when there are no options or they set none).
+
+    Accepts what :func:`berth.shim.service.parse_runtime_options` accepts
+    (the same two type names), but reads only the one field ``start`` acts
+    on. Raises OptionsError for another type or a malformed message.
+    """
+    if not data:
+        return ""
+    any_fields = _wire_fields(data)
+    try:
+        type_url = _last_bytes(any_fields, 1).decode()
+        cgroup = ""
+        if type_url:
+            name = type_url.rsplit("/", 1)[-1]
+            if name not in _OPTIONS_TYPES:
+                raise OptionsError(f"unsupported runtime options type {type_url}")
+            options = _wire_fields(_last_bytes(any_fields, 2))
+            cgroup = _last_bytes(options, 3).decode()
+    except UnicodeDecodeError as exc:
+        raise OptionsError(f"invalid runtime options: {exc}") from None
+    return cgroup
 
 
 def cmd_delete(flags: Flags) -> int:
@@ -421,7 +583,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if flags.action == "start":
-            return cmd_start(flags)
+            code = cmd_start(flags)
+            if argv is None:
+                # The real command: nothing is left to do, and tearing the
+                # interpreter down would cost the caller a few more ms.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            return code
         if flags.action == "delete":
             return cmd_delete(flags)
         if flags.action == "":

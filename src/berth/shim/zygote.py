@@ -42,40 +42,45 @@ Lifetime and failure:
   be started or reached, or when ``BERTH_SHIM_ZYGOTE=0`` is set in the
   environment the daemon gives its shims.
 
-The request is one ``SOCK_SEQPACKET`` message (JSON: namespace, id, address,
-publish binary, debug, bundle directory, the full environment) carrying the
-shim's listening socket as ``SCM_RIGHTS``; the reply is ``{"pid": N}`` or
-``{"error": "..."}``. Only a peer with the zygote's own uid is served.
+The request is one ``SOCK_SEQPACKET`` message carrying the shim's listening
+socket as ``SCM_RIGHTS``: NUL-separated ``key=value`` items (namespace, id,
+address, publish binary, debug, bundle directory) followed by the full
+environment as ``env:NAME=VALUE`` items; none of these can contain a NUL.
+The reply is ``pid=N`` or ``error=MESSAGE``. Only a peer with the zygote's
+own uid is served. The protocol's version is part of the socket's name, so
+a ``start`` never talks to a zygote left running by another version.
 
 ``ps`` shows each forked shim with its own ``-namespace``/``-id`` flags: the
 zygote is spawned with spare room at the end of its argument block, and the
 child rewrites that block in place (see :func:`set_proctitle`).
 
-Top-level imports are standard library only: ``start`` uses the client side
-and must stay cheap.
+``start`` uses the client side, which must stay as cheap to import as
+:mod:`berth.shim.main` (see there): it uses only ``os``, ``sys``, ``time``
+and ``_socket``, and a plain text request rather than JSON. The zygote side
+imports what it needs inside its functions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import select
-import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
+from berth.shim.main import Flags, sha256_hex
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from berth.shim.main import Flags
+    import socket
+    from _socket import socket as Socket
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "DISABLE_ENV",
     "LINGER_ENV",
     "ZygoteError",
+    "decode_request",
     "enabled",
+    "encode_request",
     "request_shim",
     "run",
     "set_proctitle",
@@ -93,6 +98,9 @@ MESSAGE_MAX = 1 << 18
 TITLE_ROOM = 512
 SOCKET_PATH_MAX = 107
 DEFAULT_STATE_DIR = "/run/berth"
+# Bumped whenever the request or reply format changes.
+PROTOCOL = "2"
+ENV_PREFIX = "env:"
 
 
 class ZygoteError(Exception):
@@ -112,18 +120,46 @@ def _linger(environ: Mapping[str, str] = os.environ) -> float:
 
 def zygote_path(address: str, state_dir: str) -> str:
     """The zygote's socket for the daemon at ``address``."""
-    digest = hashlib.sha256(address.encode()).hexdigest()[:32]
-    path = os.path.join(state_dir, "s", "zygote-" + digest)
+    name = f"zygote-{PROTOCOL}-{sha256_hex(address.encode())[:32]}"
+    path = os.path.join(state_dir, "s", name)
     if len(path) > SOCKET_PATH_MAX:
-        path = os.path.join(DEFAULT_STATE_DIR, "s", "zygote-" + digest)
+        path = os.path.join(DEFAULT_STATE_DIR, "s", name)
     return path
+
+
+def encode_request(fields: Mapping[str, str], env: Mapping[str, str]) -> bytes:
+    """The request message. Raises ValueError if an item holds a NUL."""
+    items = [f"{k}={v}" for k, v in fields.items()]
+    items += [f"{ENV_PREFIX}{k}={v}" for k, v in env.items()]
+    if any("\0" in item for item in items):
+        raise ValueError("zygote request items cannot contain NUL")
+    return b"\0".join(os.fsencode(item) for item in items)
+
+
+def decode_request(msg: bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """``(fields, env)`` of a request message. Raises ValueError for an
+    item that is not ``key=value``."""
+    fields: dict[str, str] = {}
+    env: dict[str, str] = {}
+    for raw in msg.split(b"\0") if msg else []:
+        item = os.fsdecode(raw)
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"malformed request item {item[:40]!r}")
+        if key.startswith(ENV_PREFIX):
+            env[key[len(ENV_PREFIX) :]] = value
+        else:
+            fields[key] = value
+    return fields, env
 
 
 # -- client side (``start``) ----------------------------------------------------------
 
 
-def _connect(path: str) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+def _connect(path: str) -> Socket | None:
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     s.settimeout(REQUEST_TIMEOUT)
     try:
         s.connect(path)
@@ -150,11 +186,13 @@ def _spawn_zygote(argv: Sequence[str], env: Mapping[str, str]) -> int:
 def _reap_quietly(pid: int) -> None:
     """The spawned zygote is our child until we exit; don't leave a zombie
     if it already gave up (another zygote won the socket)."""
-    with contextlib.suppress(ChildProcessError):
+    try:
         os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
-def _await_zygote(path: str, pid: int, timeout: float) -> socket.socket | None:
+def _await_zygote(path: str, pid: int, timeout: float) -> Socket | None:
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -179,7 +217,7 @@ def request_shim(
     *,
     path: str,
     zygote_argv: Sequence[str],
-    listener: socket.socket,
+    listener: Socket,
     namespace: str,
     id: str,
     address: str,
@@ -196,19 +234,25 @@ def request_shim(
     request reached a zygote that did not answer it: a shim may then exist,
     so spawning another one would be wrong.
     """
-    payload = json.dumps(
-        {
-            "namespace": namespace,
-            "id": id,
-            "address": address,
-            "publish_binary": publish_binary,
-            "debug": debug,
-            "bundle": bundle,
-            "env": dict(env),
-        }
-    ).encode()
+    import _socket
+
+    fields = {
+        "namespace": namespace,
+        "id": id,
+        "address": address,
+        "publish_binary": publish_binary,
+        "debug": "1" if debug else "",
+        "bundle": bundle,
+    }
+    try:
+        payload = encode_request(fields, env)
+    except ValueError:
+        return None
     if len(payload) > MESSAGE_MAX:
         return None
+    rights = [
+        (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.fileno().to_bytes(4, sys.byteorder))
+    ]
     # Two rounds: a zygote that is just lingering out may close between our
     # connect and our send; the second round starts a fresh one.
     for _ in range(2):
@@ -223,25 +267,30 @@ def request_shim(
             _reap_quietly(pid)
             if conn is None:
                 return None
-        with conn:
+        try:
             try:
-                socket.send_fds(conn, [payload], [listener.fileno()])
+                conn.sendmsg([payload], rights)
             except OSError:
                 continue
             try:
                 reply = conn.recv(MESSAGE_MAX)
             except OSError as exc:
                 raise ZygoteError(f"shim zygote did not answer: {exc}") from None
+        finally:
+            conn.close()
         if not reply:
             raise ZygoteError("shim zygote closed the connection without answering")
-        try:
-            answer = json.loads(reply)
-        except ValueError:
-            raise ZygoteError(f"shim zygote sent a malformed reply {reply[:80]!r}") from None
-        if "error" in answer:
-            raise ZygoteError(f"shim zygote: {answer['error']}")
-        return int(answer["pid"])
+        return _parse_reply(reply)
     return None
+
+
+def _parse_reply(reply: bytes) -> int:
+    key, _, value = reply.decode(errors="replace").partition("=")
+    if key == "error":
+        raise ZygoteError(f"shim zygote: {value}")
+    if key == "pid" and value.isdigit():
+        return int(value)
+    raise ZygoteError(f"shim zygote sent a malformed reply {reply[:80]!r}")
 
 
 def zygote_argv(self_argv: Sequence[str], address: str) -> list[str]:
@@ -299,6 +348,7 @@ def _original_prefix(nargs: int) -> list[str]:
 def _preload() -> None:
     """Import everything a serving shim imports, so children share it."""
     import asyncio  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401  (asyncio.to_thread's executor)
     import ctypes  # noqa: F401
     import logging  # noqa: F401
 
@@ -324,6 +374,10 @@ def _warm_up() -> None:
 
 
 async def _exercise() -> None:
+    import asyncio
+    import contextlib
+    import socket
+
     from google.protobuf import empty_pb2
 
     from berth import errdefs
@@ -335,6 +389,9 @@ async def _exercise() -> None:
     from berth.shim.service import SERVICE, TaskService
     from berth.ttrpc import Client, Server, ServiceStub
 
+    # The default executor (Create mounts the rootfs on it); asyncio.run
+    # joins its thread again before the zygote forks anything.
+    await asyncio.to_thread(int)
     reaper = Reaper()
     reaper.install()
     publisher = Publisher("", "zygote")
@@ -382,6 +439,9 @@ def _bind(path: str) -> socket.socket | None:
     """Listen on ``path`` without ever replacing a live zygote: bind a
     private name, then hard-link it into place (``link`` fails if the name
     exists, atomically). None when another zygote owns ``path``."""
+    import contextlib
+    import socket
+
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".z{os.getpid()}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -423,12 +483,15 @@ def _still_ours(path: str, ino: int) -> bool:
 
 class _Zygote:
     def __init__(self, path: str, listener: socket.socket, prefix: list[str]) -> None:
+        import select
+
         self.path = path
         self.listener = listener
         self.ino = os.stat(path).st_ino
         self.prefix = prefix
         self.poller = select.poll()
         self.poller.register(listener.fileno(), select.POLLIN)
+        self.pollin = select.POLLIN
         self.children: dict[int, int] = {}  # pidfd -> pid
         self.linger = _linger()
 
@@ -454,8 +517,10 @@ class _Zygote:
 
     def close(self) -> None:
         if _still_ours(self.path, self.ino):
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self.path)
+            except OSError:
+                pass
         # Starts that connected before the unlink are still answered.
         self._accept_all()
         self.listener.close()
@@ -478,10 +543,14 @@ class _Zygote:
         pid = self.children.pop(pidfd, 0)
         self.poller.unregister(pidfd)
         os.close(pidfd)
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
     def _serve_request(self, conn: socket.socket) -> None:
+        import socket
+
         conn.settimeout(REQUEST_TIMEOUT)
         fds: list[int] = []
         try:
@@ -492,25 +561,25 @@ class _Zygote:
                 raise ZygoteError(f"uid {uid} may not start shims here")
             if len(fds) != 1:
                 raise ZygoteError("request must carry the shim's listening socket")
-            req = json.loads(msg)
-            pid = self._fork(req, fds[0], conn)
-        except (ZygoteError, ValueError, KeyError, TypeError, OSError) as exc:
-            with contextlib.suppress(OSError):
-                conn.send(json.dumps({"error": str(exc) or type(exc).__name__}).encode())
-            return
+            fields, env = decode_request(msg)
+            pid = self._fork(fields, env, fds[0], conn)
+        except (ZygoteError, ValueError, KeyError, OSError) as exc:
+            reply = "error=" + (str(exc) or type(exc).__name__)
+        else:
+            reply = f"pid={pid}"
         finally:
             for fd in fds:
                 os.close(fd)
-        with contextlib.suppress(OSError):
-            conn.send(json.dumps({"pid": pid}).encode())
+        try:
+            conn.send(reply.encode(errors="replace"))
+        except OSError:
+            pass
 
-    def _fork(self, req: dict[str, object], listen_fd: int, conn: socket.socket) -> int:
-        flags = _flags_from(req)
-        bundle = str(req["bundle"])
-        raw_env = req["env"]
-        if not isinstance(raw_env, dict):
-            raise ZygoteError("env must be an object")
-        env = {str(k): str(v) for k, v in raw_env.items()}
+    def _fork(
+        self, fields: Mapping[str, str], env: dict[str, str], listen_fd: int, conn: socket.socket
+    ) -> int:
+        flags = _flags_from(fields)
+        bundle = fields["bundle"]
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -528,11 +597,12 @@ class _Zygote:
                 os._exit(code)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
-        self.poller.register(pidfd, select.POLLIN)
+        self.poller.register(pidfd, self.pollin)
         return pid
 
     def _child(self, flags: Flags, bundle: str, env: dict[str, str], listen_fd: int) -> int:
         import gc
+        import socket
 
         from berth.shim.server import serve
 
@@ -558,18 +628,17 @@ class _Zygote:
         return serve(flags, sock=sock)
 
 
-def _flags_from(req: Mapping[str, object]) -> Flags:
-    from berth.shim.main import Flags
-
+def _flags_from(fields: Mapping[str, str]) -> Flags:
+    """The shim's flags from a request's fields. Raises KeyError for a
+    missing field and ZygoteError for an empty namespace or id."""
     flags = Flags()
-    for key in ("namespace", "id", "address", "publish_binary"):
-        value = req[key]
-        if not isinstance(value, str):
-            raise ZygoteError(f"{key} must be a string")
-        setattr(flags, key, value)
+    flags.namespace = fields["namespace"]
+    flags.id = fields["id"]
+    flags.address = fields["address"]
+    flags.publish_binary = fields["publish_binary"]
     if not flags.namespace or not flags.id:
         raise ZygoteError("namespace and id must not be empty")
-    flags.debug = bool(req.get("debug", False))
+    flags.debug = fields.get("debug", "") == "1"
     return flags
 
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -92,8 +92,8 @@ class Client:
             raise errdefs.DeadlineExceeded(f"ttrpc: timed out connecting to {path}") from None
         except OSError as exc:
             raise errdefs.Unavailable(f"ttrpc: dial {path}: {exc.strerror or exc}") from exc
-        assert isinstance(transport, asyncio.Transport)
-        return cls(transport, protocol)
+        # uvloop's transports provide the interface without subclassing it.
+        return cls(cast(asyncio.Transport, transport), protocol)
 
     @classmethod
     async def connect_socket(
@@ -104,8 +104,8 @@ class Client:
         transport, protocol = await loop.create_unix_connection(
             lambda: _ClientProtocol(on_close), sock=sock
         )
-        assert isinstance(transport, asyncio.Transport)
-        return cls(transport, protocol)
+        # uvloop's transports provide the interface without subclassing it.
+        return cls(cast(asyncio.Transport, transport), protocol)
 
     @property
     def closed(self) -> bool:
@@ -197,8 +197,7 @@ class _ClientProtocol(FlowControlProtocol):
         self.closed: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for event in self._conn.receive_data(data):

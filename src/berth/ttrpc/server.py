@@ -26,7 +26,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, EncodeError, Message
@@ -384,13 +384,12 @@ class _ServerConnection(FlowControlProtocol):
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_credentials(transport)
         authorize = self._server._authorize
         if authorize is not None and not authorize(self.peer):
             log.warning("ttrpc: refusing connection from %s: credential check failed", self.peer)
-            transport.abort()
+            self._transport.abort()
             return
         self._server._connections.add(self)
         if self._server._shutting_down:

@@ -10,6 +10,8 @@ it speaks HTTP (httpx) to registries and nothing else.
 * :func:`pull`, :func:`push` - the pipelines between a registry and a store.
 """
 
+# First, so that httpx, whichever submodule loads it, comes without its CLI.
+from berth.core.remotes import _httpx  # noqa: F401
 from berth.core.remotes.auth import (
     Authorizer,
     Challenge,

@@ -19,9 +19,15 @@ reads ``BERTH_SHIM_GROUP`` there: the shim server group the task joins when
 its spec names none (see :mod:`.manager`). ``-id ID -bundle PATH
 delete`` cleans up after a dead shim and prints a ``DeleteResponse``.
 
-Shims are spawned with asyncio's subprocess support rather than from worker
-threads: a daemon starting twenty tasks at once would otherwise tie up the
-small shared thread pool that metadata and file work depend on.
+Shims are spawned on the event loop rather than from worker threads: a
+daemon starting twenty tasks at once would otherwise tie up the small shared
+thread pool that metadata and file work depend on. ``subprocess.Popen``
+(vfork, ``close_fds``) starts them, and the loop reads their output and
+watches a pidfd for their exit. Not asyncio's subprocess transports: under
+uvloop those leave copies of the child's stdio pipes open in it, and a shim's
+``start`` hands such copies on to the server it leaves running, so its
+output never reaches end-of-file and the daemon waits forever (every fd
+beyond 0-2 in the child must be one the shim asked for).
 
 The ``log`` FIFO in the bundle is the shim's stderr (it opens the FIFO for
 writing when it starts serving; Go shims refuse to start without it). The
@@ -38,6 +44,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,28 +236,32 @@ class ShimBinary:
         timeout: float,
         group: str = "",
     ) -> tuple[int, bytes, bytes]:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
+        proc = subprocess.Popen(
+            argv,
             cwd=cwd,
             env=self._env(group),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT if combined else asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if combined else subprocess.PIPE,
             start_new_session=True,
+            close_fds=True,
         )
         try:
             async with asyncio.timeout(timeout):
-                out, err = await proc.communicate(stdin)
+                return await _communicate(proc, stdin)
         except BaseException:
             # Only our own child, by its pid; what it already spawned (a shim
             # server in its own session) is cleaned up by the caller.
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait())
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_wait(proc))
             raise
-        assert proc.returncode is not None
-        return proc.returncode, out or b"", err or b""
+        finally:
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
 
     async def start(self, options: bytes | None, *, group: str = "") -> str:
         """Run ``start`` and return the address the shim printed.
@@ -313,6 +324,113 @@ class ShimBinary:
                 extra={"fields": {"id": self.bundle.id, "warnings": warnings}},
             )
         return out
+
+
+async def _read_all(fd: int) -> bytes:
+    """Everything readable from ``fd`` until end-of-file, without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            data = b""
+            if not done.done():
+                done.set_exception(exc)
+        if data:
+            chunks.append(data)
+            return
+        loop.remove_reader(fd)
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` without blocking the loop. A reader that goes away early (EPIPE) is not an error: its exit status
+    tells what happened."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(fd)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+async def wait_pid_exit(pid: int) -> None:
+    """Return once process ``pid`` has exited, watching a pidfd on the loop.
+
+    No child watcher is involved, so it works for any process (a shim that
+    is not our child) and under any event loop. Returns at once when the
+    process is already gone or cannot be watched.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone (ESRCH), or not ours to watch
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+async def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """The exit status of our child ``proc``."""
+    if proc.returncode is None:
+        await wait_pid_exit(proc.pid)
+    return proc.wait()
+
+
+async def _communicate(
+    proc: subprocess.Popen[bytes], stdin: bytes | None
+) -> tuple[int, bytes, bytes]:
+    """Feed ``stdin``, collect stdout and stderr, and wait for the exit."""
+    jobs: list[asyncio.Future[bytes]] = []
+    assert proc.stdout is not None
+    jobs.append(asyncio.ensure_future(_read_all(proc.stdout.fileno())))
+    if proc.stderr is not None:
+        jobs.append(asyncio.ensure_future(_read_all(proc.stderr.fileno())))
+    try:
+        if proc.stdin is not None:
+            await _write_all(proc.stdin.fileno(), stdin or b"")
+            proc.stdin.close()
+        outputs = await asyncio.gather(*jobs)
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    rc = await _wait(proc)
+    return rc, outputs[0], outputs[1] if len(outputs) > 1 else b""
 
 
 def default_publish_binary() -> str:

@@ -307,9 +307,15 @@ class TaskManager:
             raise type(exc)(
                 f"failed to start shim: failed to resolve runtime path: {exc}"
             ) from None
-        bundle = await asyncio.to_thread(
-            new_bundle, c.state, c.root, namespace, id, opts.spec.value
-        )
+
+        def make_bundle() -> Bundle:
+            # The binary is recorded before it starts: a daemon that dies
+            # mid-create then finds what to run ``delete`` with at restore.
+            b = new_bundle(c.state, c.root, namespace, id, opts.spec.value)
+            b.write_shim_binary(path)
+            return b
+
+        bundle = await asyncio.to_thread(make_bundle)
         binary = self._binary(path, bundle)
         group = self.shim_group(path)
         shim_log: ShimLog | None = None
@@ -324,7 +330,6 @@ class TaskManager:
                     raise type(exc)(f"failed to start shim: start failed: {exc}") from None
                 task = await self._connect(bundle, binary, address, shim_log)
                 task.group = group
-                await asyncio.to_thread(bundle.write_shim_binary, path)
                 try:
                     pid = await task.create(opts)
                 except errdefs.BerthError as exc:

@@ -22,7 +22,7 @@ container from being removed while its task is still listed.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +35,7 @@ from berth.api.events import task_pb2 as events_pb
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.api.types import mount_pb2
 from berth.core.metadata.containers import AnyValue
-from berth.core.runtime.binary import ShimBinary, ShimLog
+from berth.core.runtime.binary import ShimBinary, ShimLog, wait_pid_exit
 from berth.core.runtime.bundle import Bundle
 from berth.core.runtime.types import (
     CreateOpts,
@@ -363,26 +363,9 @@ class ShimTask:
         """
         if self.shim_pid <= 0:
             return
-        try:
-            fd = os.pidfd_open(self.shim_pid)
-        except OSError:
-            return  # already gone (ESRCH) or not ours to watch
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not gone.done():
-                gone.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await gone
-        except TimeoutError:
-            pass
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+                await wait_pid_exit(self.shim_pid)
 
     async def shutdown(self) -> None:
         """Ask the shim to exit once it serves nothing; a closed connection is fine."""
