@@ -319,6 +319,13 @@ def test_a_command_not_on_path_exits_127(d: Berthd) -> None:
 def test_an_unknown_user_is_refused_before_anything_is_made(d: Berthd) -> None:
     res = run(d, "run", "--rm", "--user", "no-such-user", IMAGE, f"baduser-{RUN}", "id")
     _one_error(res, 1, "no-such-user")
+    # The user is looked up in the prepared rootfs, so a snapshot exists for a
+    # moment, held only by run's lease: once that is gone the collector takes
+    # it, on its own schedule (ctr's leases are deleted the same way). Deleting
+    # a lease with --sync waits for a collection.
+    lease = f"gc-{RUN}-{secrets.token_hex(2)}"
+    d.ctr("leases", "create", "--id", lease)
+    d.ctr("leases", "rm", "--sync", lease)
     assert leftovers(d, f"baduser-{RUN}") == []
 
 

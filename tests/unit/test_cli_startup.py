@@ -90,3 +90,83 @@ def test_console_script_runs() -> None:
 
     assert res.returncode == 0
     assert res.stdout.strip() == f"berth {berth.__version__}"
+
+
+def test_run_help_loads_neither_grpc_nor_the_spec_and_image_code() -> None:
+    # `berth run` is the command whose start-up matters most; its help (and
+    # its usage errors) must not pay for what only running a container needs.
+    for args in (("run", "--help"), ("run", "--rm", "-d", "img", "id")):
+        code = _PROBE.format(heavy=(*HEAVY, "berth.oci", "berth.core", "berth.client.cio"))
+        res = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            env=env_with_src(),
+            timeout=60,
+        )
+        _, _, tail = res.stdout.rpartition("\n@@")
+        report = json.loads(tail)
+        assert report["heavy"] == [], f"`berth {' '.join(args)}` imported {report['heavy']}"
+        assert report["code"] == (0 if args[-1] == "--help" else 2)
+
+
+# main() leaves through os._exit; these check it still behaves like sys.exit.
+_MAIN = "from berth.cli.main import main; main()"
+
+
+def _main(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _MAIN, *args],
+        capture_output=True,
+        text=True,
+        env=env_with_src(),
+        timeout=60,
+    )
+
+
+def test_main_flushes_block_buffered_output_before_leaving() -> None:
+    # Into a pipe, stdout is block-buffered: nothing arrives unless main flushes.
+    res = _main("--help")
+    assert res.returncode == 0
+    assert res.stdout.startswith("Usage: berth")
+    # The whole help, to its last command row, not just a first buffer's worth.
+    last_row = res.stdout.rstrip().splitlines()[-1].split()[0].rstrip(",")
+    assert last_row == sorted(COMMANDS)[-1]
+
+
+def test_main_exits_with_the_usage_error_code_and_message() -> None:
+    res = _main("leases", "rm")
+    assert res.returncode == 2
+    assert "berth:" in res.stderr
+
+
+def test_main_exits_with_a_failure_code_when_the_daemon_is_unreachable() -> None:
+    res = _main("--address", "/nonexistent/berth.sock", "ns", "ls")
+    assert res.returncode == 1
+    assert "cannot connect to berthd at /nonexistent/berth.sock" in res.stderr
+
+
+def test_leave_waits_the_ordinary_way_while_a_non_daemon_thread_runs() -> None:
+    import threading
+
+    from berth.cli import main as cli_main
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, daemon=False)
+    worker.start()
+    try:
+        # With work still in flight, _leave must not os._exit (which would
+        # kill this test process): it raises SystemExit for the interpreter.
+        with pytest.raises(SystemExit) as exc:
+            cli_main._leave(3)
+        assert exc.value.code == 3
+    finally:
+        release.set()
+        worker.join()
+
+
+@pytest.mark.parametrize(("value", "code"), [(None, 0), (0, 0), (7, 7), ("boom", 1)])
+def test_exit_code_follows_the_interpreter_rules(value: object, code: int) -> None:
+    from berth.cli.main import _exit_code
+
+    assert _exit_code(value) == code

@@ -13,4 +13,6 @@ Layout, so that each later feature adds one module and one line:
 Startup speed is a feature: ``berth --help`` and ``berth <group> --help`` must
 not import gRPC or the generated stubs, so group modules import ``berth.client``
 only inside command bodies. ``tests/unit/test_cli_startup.py`` enforces this.
+Exit is fast too: ``main`` flushes the output and leaves with ``os._exit``,
+skipping interpreter teardown (see ``main._leave`` for what that relies on).
 """

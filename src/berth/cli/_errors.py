@@ -7,8 +7,6 @@ not be reached), 2 the command line itself was wrong (click's usage errors),
 
 from __future__ import annotations
 
-import traceback
-
 import click
 
 from berth import errdefs
@@ -33,6 +31,8 @@ class Failure(click.ClickException):
 
     def show(self, file: object = None) -> None:
         if self.debug and self.cause is not None:
+            import traceback  # only for --debug: it is slow to import
+
             tb = "".join(traceback.format_exception(self.cause))
             click.echo(tb.rstrip(), err=True)
         click.echo(f"berth: {self.message}", err=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -172,9 +172,53 @@ def run(argv: Sequence[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+def main() -> NoReturn:
+    """Console-script entry point: run, flush, and leave without interpreter teardown."""
+    try:
+        code = run()
+    except SystemExit as exc:  # a command's own sys.exit(code)
+        code = _exit_code(exc.code)
+    _leave(code)
+
+
+def _exit_code(value: object) -> int:
+    # What the interpreter makes of SystemExit's argument.
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit with ``code`` now, as the interpreter would but about 25 ms sooner.
+
+    By the time a command returns it has done its own cleanup in ``finally``
+    blocks and context exits: the client is closed, the terminal mode
+    restored, FIFO directories removed, the output threads joined. What
+    interpreter teardown would still do is flush the standard streams, run
+    atexit handlers, wait for non-daemon threads, then tear down every module
+    and gRPC's core, which costs time and achieves nothing here. So the first
+    three are done here, and the teardown skipped with ``os._exit``. A
+    non-daemon thread still alive means someone is still working: then the
+    ordinary exit path waits for it.
+    """
+    import atexit
+    import os
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            code = 120  # what the interpreter exits with when it cannot flush
+    os._exit(code & 0xFF)  # as exit(3) truncates a status
 
 
 if __name__ == "__main__":

@@ -189,10 +189,24 @@ def run(
         pass
     else:
         raise errdefs.AlreadyExists(f'container "{container_id}": already exists')
-    cfg = _image(client, image, pull, platform, snapshotter, plain_http, hosts_dir, registry_user)
+    cfg, pulled = _image(
+        client, image, pull, platform, snapshotter, plain_http, hosts_dir, registry_user
+    )
     lbls = parse_labels(labels, bare="")
     opts = _options(env, mounts, net_host, memory_limit, run_user, cwd, tty)
-    box = _create(client, cfg, container_id, list(args), opts, lbls, runtime, snapshotter)
+    box = _create(
+        client,
+        cfg,
+        container_id,
+        list(args),
+        opts,
+        lbls,
+        runtime,
+        snapshotter,
+        platform,
+        # A pull has just unpacked it; an image found here may not be unpacked.
+        may_unpack=not pulled,
+    )
     code = 0
     # run_task deletes the task when it returns (unless detached), so --rm
     # need not look for it again then.
@@ -240,21 +254,18 @@ def _image(
     plain_http: bool,
     hosts_dir: str | None,
     user: str | None,
-) -> ImageConfig:
-    """The image's config, pulling (and unpacking) it as the policy says."""
+) -> tuple[ImageConfig, bool]:
+    """The image's config, and whether it was pulled (and unpacked) as the policy says."""
     from berth import errdefs
 
     if pull != "always":
         try:
-            cfg = client.containers.image_config(ref, platform=platform)
+            return client.containers.image_config(ref, platform=platform), False
         except errdefs.NotFound:
             if pull == "never":
                 raise errdefs.NotFound(
                     f"image {ref!r} is not here and --pull never was given: pull or import it first"
                 ) from None
-        else:
-            _ensure_unpacked(client, cfg, platform, snapshotter)
-            return cfg
     name, password = credentials(user)
     # Progress goes to stderr: stdout belongs to the container.
     mode = "bars" if sys.stderr.isatty() else "lines"
@@ -272,29 +283,7 @@ def _image(
         )
     for warning in pulled.warnings:
         click.echo(f"warning: {warning}", err=True)
-    return client.containers.image_config(pulled.name, platform=platform)
-
-
-def _ensure_unpacked(
-    client: Client, cfg: ImageConfig, platform: str | None, snapshotter: str
-) -> None:
-    """Unpack a present image whose top layer is not a snapshot yet.
-
-    One Stat in the usual case (the image was pulled, or already
-    unpacked), so runs of an unpacked image pay nothing more.
-    """
-    from berth import errdefs
-
-    if not cfg.chain_id:
-        return
-    try:
-        client.snapshots.with_snapshotter(snapshotter).stat(cfg.chain_id)
-    except errdefs.NotFound:
-        # Imported only here: the images CLI is not needed when nothing is unpacked.
-        from berth.cli.images import unpack_image
-
-        # Progress goes to stderr: stdout belongs to the container.
-        unpack_image(client, cfg.name, snapshotter=snapshotter, platform=platform, err=True)
+    return client.containers.image_config(pulled.name, platform=platform), True
 
 
 def _options(
@@ -348,14 +337,35 @@ def _create(
     labels: dict[str, str],
     runtime: str,
     snapshotter: str,
+    platform: str | None,
+    *,
+    may_unpack: bool,
 ) -> ContainerHandle:
     """Prepare the rootfs snapshot and record the container, under a lease so a
     failure leaves only garbage. The handle is built from Create's reply,
-    which is the stored record, so it is not read back again."""
+    which is the stored record, so it is not read back again.
+
+    An image present but not unpacked for the snapshotter (imported with
+    --no-unpack) is unpacked for ``platform`` first when ``may_unpack``.
+    prepare_rootfs looks for the image's top snapshot anyway and says
+    FailedPrecondition when it is missing, so an unpacked image, the usual
+    case, costs no lookup of its own.
+    """
+    from berth import errdefs
     from berth.client import ContainerHandle
 
     with client.lease() as leased:
-        mounts = leased.containers.prepare_rootfs(container_id, cfg, snapshotter=snapshotter)
+        try:
+            mounts = leased.containers.prepare_rootfs(container_id, cfg, snapshotter=snapshotter)
+        except errdefs.FailedPrecondition:
+            if not may_unpack:
+                raise
+            # Imported only here: the images CLI is not needed when nothing is unpacked.
+            from berth.cli.images import unpack_image
+
+            # Progress goes to stderr: stdout belongs to the container.
+            unpack_image(client, cfg.name, snapshotter=snapshotter, platform=platform, err=True)
+            mounts = leased.containers.prepare_rootfs(container_id, cfg, snapshotter=snapshotter)
         spec = _spec(leased, cfg, container_id, args, opts, mounts, labels)
         info = leased.containers.create(
             container_id,

@@ -16,35 +16,35 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from berth.client import _config, _core
 from berth.client._transport import AsyncStream, AsyncTransport, open_async_stream
-from berth.client.types import (
-    AnyValue,
-    BlobCheck,
-    Container,
-    ContentInfo,
-    Descriptor,
-    Image,
-    ImageCheck,
-    ImageConfig,
-    ImageDetails,
-    ImageSummary,
-    IngestStatus,
-    LayerProgress,
-    Lease,
-    Mount,
-    Namespace,
-    Plugin,
-    PulledImage,
-    Resource,
-    TransferProgress,
-    UnpackedImage,
-    Version,
-)
 
 if TYPE_CHECKING:
     from berth.client._content_store import ImageRecord
     from berth.client._snapshots import AsyncSnapshots
     from berth.client._sync import Client
     from berth.client._tasks_async import AsyncContainerHandle, AsyncTasks
+    from berth.client.types import (
+        AnyValue,
+        BlobCheck,
+        Container,
+        ContentInfo,
+        Descriptor,
+        Image,
+        ImageCheck,
+        ImageConfig,
+        ImageDetails,
+        ImageSummary,
+        IngestStatus,
+        LayerProgress,
+        Lease,
+        Mount,
+        Namespace,
+        Plugin,
+        PulledImage,
+        Resource,
+        TransferProgress,
+        UnpackedImage,
+        Version,
+    )
 
 
 class AsyncClient:

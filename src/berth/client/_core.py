@@ -39,53 +39,71 @@ Endless streams (event subscriptions) are not operations at all: an
 :class:`OpenStream` describes one, and the driver hands the caller an
 iterator that reads and decodes one reply per step until the caller closes it.
 
-Nothing in this module opens a connection; it imports generated messages and
-stub classes only so that a :class:`Call` can name them.
+Nothing in this module opens a connection; it names generated messages and
+stub classes only so that a :class:`Call` can carry them, and each service's
+generated modules are imported the first time one of its calls is built (see
+``_lazy``), so importing the SDK costs no protobuf work at all.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
-
-from google.protobuf import any_pb2, descriptor_pool, empty_pb2, field_mask_pb2, json_format
-from google.protobuf.message import DecodeError
-from google.protobuf.message_factory import GetMessageClass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from berth import errdefs
-from berth.api.events import (  # noqa: F401  (registers the event types for decoding)
-    container_pb2,
-    content_pb2,
-    image_pb2,
-    namespace_pb2,
-    snapshot_pb2,
-    task_pb2,
-)
-from berth.api.services.containers.v1 import containers_pb2 as containers_pb
-from berth.api.services.containers.v1 import containers_pb2_grpc as containers_grpc
-from berth.api.services.content.v1 import content_pb2 as content_pb
-from berth.api.services.content.v1 import content_pb2_grpc as content_grpc
-from berth.api.services.events.v1 import events_pb2 as events_pb
-from berth.api.services.events.v1 import events_pb2_grpc as events_grpc
-from berth.api.services.images.v1 import images_pb2 as images_pb
-from berth.api.services.images.v1 import images_pb2_grpc as images_grpc
-from berth.api.services.introspection.v1 import introspection_pb2 as intro_pb
-from berth.api.services.introspection.v1 import introspection_pb2_grpc as intro_grpc
-from berth.api.services.leases.v1 import leases_pb2 as leases_pb
-from berth.api.services.leases.v1 import leases_pb2_grpc as leases_grpc
-from berth.api.services.namespaces.v1 import namespace_pb2 as ns_pb
-from berth.api.services.namespaces.v1 import namespace_pb2_grpc as ns_grpc
-from berth.api.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
-from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as snapshots_grpc
-from berth.api.services.version.v1 import version_pb2_grpc
 from berth.client import types
 from berth.client._config import LEASE_HEADER, NAMESPACE_HEADER
+from berth.client._lazy import LazyModule
+
+# The generated modules are imported on first use, per service (see _lazy): a
+# command pays only for the services it calls. Type checkers see the real ones.
+if TYPE_CHECKING:
+    from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
+
+    from berth.api.services.containers.v1 import containers_pb2 as containers_pb
+    from berth.api.services.containers.v1 import containers_pb2_grpc as containers_grpc
+    from berth.api.services.content.v1 import content_pb2 as content_pb
+    from berth.api.services.content.v1 import content_pb2_grpc as content_grpc
+    from berth.api.services.events.v1 import events_pb2 as events_pb
+    from berth.api.services.events.v1 import events_pb2_grpc as events_grpc
+    from berth.api.services.images.v1 import images_pb2 as images_pb
+    from berth.api.services.images.v1 import images_pb2_grpc as images_grpc
+    from berth.api.services.introspection.v1 import introspection_pb2 as intro_pb
+    from berth.api.services.introspection.v1 import introspection_pb2_grpc as intro_grpc
+    from berth.api.services.leases.v1 import leases_pb2 as leases_pb
+    from berth.api.services.leases.v1 import leases_pb2_grpc as leases_grpc
+    from berth.api.services.namespaces.v1 import namespace_pb2 as ns_pb
+    from berth.api.services.namespaces.v1 import namespace_pb2_grpc as ns_grpc
+    from berth.api.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
+    from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as snapshots_grpc
+    from berth.api.services.version.v1 import version_pb2_grpc
+else:
+    any_pb2 = LazyModule("google.protobuf.any_pb2")
+    empty_pb2 = LazyModule("google.protobuf.empty_pb2")
+    field_mask_pb2 = LazyModule("google.protobuf.field_mask_pb2")
+    _API = "berth.api.services"
+    containers_pb = LazyModule(f"{_API}.containers.v1.containers_pb2")
+    containers_grpc = LazyModule(f"{_API}.containers.v1.containers_pb2_grpc")
+    content_pb = LazyModule(f"{_API}.content.v1.content_pb2")
+    content_grpc = LazyModule(f"{_API}.content.v1.content_pb2_grpc")
+    events_pb = LazyModule(f"{_API}.events.v1.events_pb2")
+    events_grpc = LazyModule(f"{_API}.events.v1.events_pb2_grpc")
+    images_pb = LazyModule(f"{_API}.images.v1.images_pb2")
+    images_grpc = LazyModule(f"{_API}.images.v1.images_pb2_grpc")
+    intro_pb = LazyModule(f"{_API}.introspection.v1.introspection_pb2")
+    intro_grpc = LazyModule(f"{_API}.introspection.v1.introspection_pb2_grpc")
+    leases_pb = LazyModule(f"{_API}.leases.v1.leases_pb2")
+    leases_grpc = LazyModule(f"{_API}.leases.v1.leases_pb2_grpc")
+    ns_pb = LazyModule(f"{_API}.namespaces.v1.namespace_pb2")
+    ns_grpc = LazyModule(f"{_API}.namespaces.v1.namespace_pb2_grpc")
+    snapshots_pb = LazyModule(f"{_API}.snapshots.v1.snapshots_pb2")
+    snapshots_grpc = LazyModule(f"{_API}.snapshots.v1.snapshots_pb2_grpc")
+    version_pb2_grpc = LazyModule(f"{_API}.version.v1.version_pb2_grpc")
 
 T = TypeVar("T")
 
@@ -316,7 +334,7 @@ def new_lease_id() -> str:
     containerd's server invents an id when none is given; generating it here
     works with any server and lets the caller log the id before the call.
     """
-    return f"{time.time_ns()}-{secrets.token_hex(3)}"
+    return f"{time.time_ns()}-{os.urandom(3).hex()}"
 
 
 def expiry_label(expires: timedelta | float, *, now: datetime | None = None) -> str:
@@ -1178,8 +1196,13 @@ class OpenStream(Generic[T]):
 
 
 def _event_payload(value: any_pb2.Any) -> dict[str, Any] | None:
-    # containerd names event types by their bare protobuf name; the imports
-    # of berth.api.events above put every containerd event in the pool.
+    from google.protobuf import descriptor_pool, json_format
+    from google.protobuf.message import DecodeError
+    from google.protobuf.message_factory import GetMessageClass
+
+    # containerd names event types by their bare protobuf name; importing
+    # berth.api.events puts every containerd event type in the pool.
+    _register_event_types()
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(value.type_url)
     except KeyError:
@@ -1191,6 +1214,17 @@ def _event_payload(value: any_pb2.Any) -> dict[str, Any] | None:
     except (DecodeError, json_format.Error, TypeError, KeyError):
         return None
     return decoded
+
+
+def _register_event_types() -> None:
+    from berth.api.events import (  # noqa: F401  (registers the event types for decoding)
+        container_pb2,
+        content_pb2,
+        image_pb2,
+        namespace_pb2,
+        snapshot_pb2,
+        task_pb2,
+    )
 
 
 def event_from_pb(env: events_pb.Envelope) -> Event:

@@ -29,14 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import field_mask_pb2
-
 from berth import errdefs
-from berth.api.services.diff.v1 import diff_pb2 as diff_pb
-from berth.api.services.diff.v1 import diff_pb2_grpc as diff_grpc
-from berth.api.services.snapshots.v1 import snapshots_pb2 as pb
-from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
-from berth.api.types import mount_pb2
 from berth.client import types
 from berth.client._core import (
     DEFAULT_SNAPSHOTTER,
@@ -47,15 +40,31 @@ from berth.client._core import (
     _descriptor,
     _pb_descriptor,
 )
+from berth.client._lazy import LazyModule
 
+# Imported on first use, as in _core (see _lazy): a run stats and prepares
+# snapshots but never diffs. Type checkers see the real modules.
 if TYPE_CHECKING:
+    from google.protobuf import field_mask_pb2
+
+    from berth.api.services.diff.v1 import diff_pb2 as diff_pb
+    from berth.api.services.diff.v1 import diff_pb2_grpc as diff_grpc
+    from berth.api.services.snapshots.v1 import snapshots_pb2 as pb
+    from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
+    from berth.api.types import mount_pb2
     from berth.client._async import AsyncClient
     from berth.client._sync import Client
+else:
+    field_mask_pb2 = LazyModule("google.protobuf.field_mask_pb2")
+    diff_pb = LazyModule("berth.api.services.diff.v1.diff_pb2")
+    diff_grpc = LazyModule("berth.api.services.diff.v1.diff_pb2_grpc")
+    pb = LazyModule("berth.api.services.snapshots.v1.snapshots_pb2")
+    pb_grpc = LazyModule("berth.api.services.snapshots.v1.snapshots_pb2_grpc")
+    mount_pb2 = LazyModule("berth.api.types.mount_pb2")
 
 #: What ``ctr snapshots diff`` produces unless told otherwise.
 DEFAULT_DIFF_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-_STUB = pb_grpc.SnapshotsStub
 # The wire's Kind enum (VIEW=1, ACTIVE=2, COMMITTED=3), spelled as ctr prints it.
 _KINDS = {1: "View", 2: "Active", 3: "Committed"}
 
@@ -95,32 +104,34 @@ def prepare(
     sn: str, key: str, parent: str, labels: Mapping[str, str] | None
 ) -> Op[list[types.Mount]]:
     req = pb.PrepareSnapshotRequest(snapshotter=sn, key=key, parent=parent, labels=labels or {})
-    resp = yield Call(_STUB, "Prepare", req)
+    resp = yield Call(pb_grpc.SnapshotsStub, "Prepare", req)
     return _mounts(resp.mounts)
 
 
 def view(sn: str, key: str, parent: str, labels: Mapping[str, str] | None) -> Op[list[types.Mount]]:
     req = pb.ViewSnapshotRequest(snapshotter=sn, key=key, parent=parent, labels=labels or {})
-    resp = yield Call(_STUB, "View", req)
+    resp = yield Call(pb_grpc.SnapshotsStub, "View", req)
     return _mounts(resp.mounts)
 
 
 def mounts(sn: str, key: str) -> Op[list[types.Mount]]:
-    resp = yield Call(_STUB, "Mounts", pb.MountsRequest(snapshotter=sn, key=key))
+    resp = yield Call(pb_grpc.SnapshotsStub, "Mounts", pb.MountsRequest(snapshotter=sn, key=key))
     return _mounts(resp.mounts)
 
 
 def commit(sn: str, name: str, key: str, labels: Mapping[str, str] | None) -> Op[None]:
     req = pb.CommitSnapshotRequest(snapshotter=sn, name=name, key=key, labels=labels or {})
-    yield Call(_STUB, "Commit", req)
+    yield Call(pb_grpc.SnapshotsStub, "Commit", req)
 
 
 def remove(sn: str, key: str) -> Op[None]:
-    yield Call(_STUB, "Remove", pb.RemoveSnapshotRequest(snapshotter=sn, key=key))
+    yield Call(pb_grpc.SnapshotsStub, "Remove", pb.RemoveSnapshotRequest(snapshotter=sn, key=key))
 
 
 def stat(sn: str, key: str) -> Op[types.SnapshotInfo]:
-    resp = yield Call(_STUB, "Stat", pb.StatSnapshotRequest(snapshotter=sn, key=key))
+    resp = yield Call(
+        pb_grpc.SnapshotsStub, "Stat", pb.StatSnapshotRequest(snapshotter=sn, key=key)
+    )
     return _info(resp.info)
 
 
@@ -138,7 +149,7 @@ def label(sn: str, key: str, labels: Mapping[str, str]) -> Op[types.SnapshotInfo
         info=pb.Info(name=key, labels=keep),
         update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
     )
-    resp = yield Call(_STUB, "Update", req)
+    resp = yield Call(pb_grpc.SnapshotsStub, "Update", req)
     return _info(resp.info)
 
 
@@ -147,17 +158,19 @@ def list_(sn: str, filters: Iterable[str]) -> Op[list[types.SnapshotInfo]]:
     if isinstance(filters, str):
         raise TypeError("filters must be a list of strings, not one string")
     req = pb.ListSnapshotsRequest(snapshotter=sn, filters=list(filters))
-    yield StreamCall(_STUB, "List", req, lambda m: out.extend(_info(i) for i in m.info))
+    yield StreamCall(
+        pb_grpc.SnapshotsStub, "List", req, lambda m: out.extend(_info(i) for i in m.info)
+    )
     return out
 
 
 def usage(sn: str, key: str) -> Op[types.SnapshotUsage]:
-    resp = yield Call(_STUB, "Usage", pb.UsageRequest(snapshotter=sn, key=key))
+    resp = yield Call(pb_grpc.SnapshotsStub, "Usage", pb.UsageRequest(snapshotter=sn, key=key))
     return types.SnapshotUsage(size=resp.size, inodes=resp.inodes)
 
 
 def cleanup(sn: str) -> Op[None]:
-    yield Call(_STUB, "Cleanup", pb.CleanupRequest(snapshotter=sn))
+    yield Call(pb_grpc.SnapshotsStub, "Cleanup", pb.CleanupRequest(snapshotter=sn))
 
 
 def _readable(sn: str, info: types.SnapshotInfo) -> Op[tuple[list[types.Mount], str]]:

@@ -15,34 +15,34 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from berth.client import _config, _core
 from berth.client._transport import SyncStream, SyncTransport, open_sync_stream
-from berth.client.types import (
-    AnyValue,
-    BlobCheck,
-    Container,
-    ContentInfo,
-    Descriptor,
-    Image,
-    ImageCheck,
-    ImageConfig,
-    ImageDetails,
-    ImageSummary,
-    IngestStatus,
-    LayerProgress,
-    Lease,
-    Mount,
-    Namespace,
-    Plugin,
-    PulledImage,
-    Resource,
-    TransferProgress,
-    UnpackedImage,
-    Version,
-)
 
 if TYPE_CHECKING:
     from berth.client._content_store import ImageRecord
     from berth.client._snapshots import Snapshots
     from berth.client._tasks import ContainerHandle, Tasks
+    from berth.client.types import (
+        AnyValue,
+        BlobCheck,
+        Container,
+        ContentInfo,
+        Descriptor,
+        Image,
+        ImageCheck,
+        ImageConfig,
+        ImageDetails,
+        ImageSummary,
+        IngestStatus,
+        LayerProgress,
+        Lease,
+        Mount,
+        Namespace,
+        Plugin,
+        PulledImage,
+        Resource,
+        TransferProgress,
+        UnpackedImage,
+        Version,
+    )
 
 
 class Client:

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from berth import errdefs
 from berth.client import _core, _tasks_core, cio
-from berth.client.types import (
-    AnyValue,
-    Container,
-    ExitStatus,
-    ProcessInfo,
-    ProcessState,
-    TaskMetric,
-)
 
 if TYPE_CHECKING:
     from berth.client._sync import Client
+    from berth.client.types import (
+        AnyValue,
+        Container,
+        ExitStatus,
+        ProcessInfo,
+        ProcessState,
+        TaskMetric,
+    )
 
 #: How long delete waits for a stopped process's last output to be copied.
 DRAIN_TIMEOUT = 5.0
@@ -117,6 +117,9 @@ class ContainerHandle:
     def __init__(self, client: Client, info: Container) -> None:
         self._client = client
         self.info = info
+        # The task last made or loaded through this handle: once it is
+        # deleted through it, delete() knows there is no task to look for.
+        self._task: Task | None = None
 
     @property
     def id(self) -> str:
@@ -144,6 +147,7 @@ class ContainerHandle:
         none). ``terminal`` gives the process a pty (use a terminal creator,
         e.g. ``cio.stdio(terminal=True)``, to read it). ``options`` are
         runtime-specific task options; ``runtime_path`` names a shim binary.
+        The rootfs is the snapshot named by :attr:`info` (see :meth:`refresh`).
 
         Raises NotFound (no container, or its snapshot is gone),
         AlreadyExists (the container has a task), and the runtime's errors
@@ -154,7 +158,7 @@ class ContainerHandle:
         try:
             pid = self._client._run(
                 _tasks_core.task_create(
-                    self.id,
+                    self.info,
                     made.config.stdin,
                     made.config.stdout,
                     made.config.stderr,
@@ -166,7 +170,7 @@ class ContainerHandle:
         except BaseException:
             made.close()
             raise
-        task = Task(self._client, self.id, pid, made)
+        task = self._task = Task(self._client, self.id, pid, made)
         made._on_stdin_eof(task.close_io)
         return task
 
@@ -176,16 +180,19 @@ class ContainerHandle:
         state = self._client._run(_tasks_core.task_get(self.id, ""))
         cfg = _io_config(state)
         made = attach(cfg) if attach is not None else cio.load(cfg, self.id)
-        task = Task(self._client, self.id, state.pid, made)
+        task = self._task = Task(self._client, self.id, state.pid, made)
         made._on_stdin_eof(task.close_io)
         return task
 
     def delete(self, *, snapshot_cleanup: bool = False) -> None:
         """Delete the container record; with ``snapshot_cleanup`` also its rootfs snapshot.
 
-        Raises NotFound, or FailedPrecondition while it has a task.
+        Raises NotFound, or FailedPrecondition while it has a task (not
+        looked for when the task this handle last made was deleted through it).
         """
-        self._client._run(_tasks_core.container_delete(self.info, snapshot_cleanup))
+        gone = self._task is not None and self._task._deleted
+        op = _tasks_core.container_delete(self.info, snapshot_cleanup, task_gone=gone)
+        self._client._run(op)
 
 
 class Task:
@@ -196,6 +203,10 @@ class Task:
         self.id = container_id
         self.pid = pid
         self.io = io
+        # Set once a Wait has returned (the process has stopped for good) and
+        # once Delete has succeeded: each spares delete() a round trip.
+        self._exited = False
+        self._deleted = False
 
     def __repr__(self) -> str:
         return f"Task(id={self.id!r}, pid={self.pid})"
@@ -211,7 +222,9 @@ class Task:
 
         The client's own per-call deadline does not apply: a task may run for days.
         """
-        return self._client.with_timeout(timeout)._run(_tasks_core.task_wait(self.id, ""))
+        status = self._client.with_timeout(timeout)._run(_tasks_core.task_wait(self.id, ""))
+        self._exited = True
+        return status
 
     def wait_in_background(self) -> concurrent.futures.Future[ExitStatus]:
         """Start waiting now, on a thread; the Future holds the exit. Call it
@@ -336,11 +349,15 @@ class Task:
                 fut.result()
             except errdefs.NotFound:
                 pass
-        state = self._client._run(_tasks_core.task_get(self.id, ""))
-        if _tasks_core.deletable(state, self.pid):
+        # After a Wait has returned the task has stopped: no need to ask.
+        state = None if self._exited else self._client._run(_tasks_core.task_get(self.id, ""))
+        if state is None or _tasks_core.deletable(state, self.pid):
             self.io.wait(DRAIN_TIMEOUT)
             self.io.close()
-        return self._client._run(_tasks_core.task_delete(self.id, self.pid, state))
+        op = _tasks_core.task_delete(self.id, self.pid, state, exited=self._exited)
+        status = self._client._run(op)
+        self._deleted = True
+        return status
 
 
 class Process:

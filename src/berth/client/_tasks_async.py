@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 from berth import errdefs
 from berth.client import _core, _tasks_core, cio
 from berth.client._tasks import DRAIN_TIMEOUT, _io_config, _process_spec
-from berth.client.types import (
-    AnyValue,
-    Container,
-    ExitStatus,
-    ProcessInfo,
-    ProcessState,
-    TaskMetric,
-)
 
 if TYPE_CHECKING:
     from berth.client._async import AsyncClient
+    from berth.client.types import (
+        AnyValue,
+        Container,
+        ExitStatus,
+        ProcessInfo,
+        ProcessState,
+        TaskMetric,
+    )
 
 
 async def _finish_io(io: cio.IO) -> None:
@@ -66,6 +66,7 @@ class AsyncContainerHandle:
     def __init__(self, client: AsyncClient, info: Container) -> None:
         self._client = client
         self.info = info
+        self._task: AsyncTask | None = None  # as ContainerHandle._task
 
     @property
     def id(self) -> str:
@@ -92,7 +93,7 @@ class AsyncContainerHandle:
         try:
             pid = await self._client._run(
                 _tasks_core.task_create(
-                    self.id,
+                    self.info,
                     made.config.stdin,
                     made.config.stdout,
                     made.config.stderr,
@@ -104,7 +105,7 @@ class AsyncContainerHandle:
         except BaseException:
             await asyncio.to_thread(made.close)
             raise
-        task = AsyncTask(self._client, self.id, pid, made)
+        task = self._task = AsyncTask(self._client, self.id, pid, made)
         made._on_stdin_eof(task._close_io_from_thread)
         return task
 
@@ -116,13 +117,15 @@ class AsyncContainerHandle:
             made = await asyncio.to_thread(attach, cfg)
         else:
             made = cio.load(cfg, self.id)
-        task = AsyncTask(self._client, self.id, state.pid, made)
+        task = self._task = AsyncTask(self._client, self.id, state.pid, made)
         made._on_stdin_eof(task._close_io_from_thread)
         return task
 
     async def delete(self, *, snapshot_cleanup: bool = False) -> None:
         """Delete the container record; with ``snapshot_cleanup`` also its rootfs snapshot."""
-        await self._client._run(_tasks_core.container_delete(self.info, snapshot_cleanup))
+        gone = self._task is not None and self._task._deleted
+        op = _tasks_core.container_delete(self.info, snapshot_cleanup, task_gone=gone)
+        await self._client._run(op)
 
 
 class _Bridge:
@@ -151,6 +154,8 @@ class AsyncTask:
         self.pid = pid
         self.io = io
         self._bridge = _Bridge()
+        self._exited = False  # as Task._exited and Task._deleted
+        self._deleted = False
 
     def __repr__(self) -> str:
         return f"AsyncTask(id={self.id!r}, pid={self.pid})"
@@ -166,7 +171,9 @@ class AsyncTask:
     async def wait(self, *, timeout: float | None = None) -> ExitStatus:
         """Until the process exits; DeadlineExceeded after ``timeout`` seconds."""
         op = _tasks_core.task_wait(self.id, "")
-        return await self._client.with_timeout(timeout)._run(op)
+        status = await self._client.with_timeout(timeout)._run(op)
+        self._exited = True
+        return status
 
     def wait_in_background(self) -> asyncio.Task[ExitStatus]:
         """Start waiting now; await the returned task for the exit. Call before start."""
@@ -277,10 +284,16 @@ class AsyncTask:
                 await waiting
             except errdefs.NotFound:
                 pass
-        state = await self._client._run(_tasks_core.task_get(self.id, ""))
-        if _tasks_core.deletable(state, self.pid):
+        # After a Wait has returned the task has stopped: no need to ask.
+        state = None
+        if not self._exited:
+            state = await self._client._run(_tasks_core.task_get(self.id, ""))
+        if state is None or _tasks_core.deletable(state, self.pid):
             await _finish_io(self.io)
-        return await self._client._run(_tasks_core.task_delete(self.id, self.pid, state))
+        op = _tasks_core.task_delete(self.id, self.pid, state, exited=self._exited)
+        status = await self._client._run(op)
+        self._deleted = True
+        return status
 
 
 class AsyncProcess:

@@ -20,26 +20,31 @@ import json
 import signal as _signal
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-from google.protobuf import any_pb2, descriptor_pool, json_format
-from google.protobuf.message import DecodeError
-from google.protobuf.message_factory import GetMessageClass
+from typing import TYPE_CHECKING, Any
 
 from berth import errdefs
-from berth.api.cgroups.stats.v1 import metrics_pb2 as _cg1  # noqa: F401  (decoding)
-from berth.api.cgroups.v2.stats import metrics_pb2 as _cg2  # noqa: F401  (decoding)
-from berth.api.runtime.v2.runc.options import oci_pb2 as _runc  # noqa: F401  (decoding)
-from berth.api.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
-from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as snapshots_grpc
-from berth.api.services.tasks.v1 import tasks_pb2 as pb
-from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
-from berth.api.types import mount_pb2
 from berth.client import types
-from berth.client._core import Call, Op, containers_delete, containers_get
+from berth.client._core import Call, Op, containers_delete
+from berth.client._lazy import LazyModule
+
+# Imported on first use, as in _core (see _lazy); type checkers see the real modules.
+if TYPE_CHECKING:
+    from google.protobuf import any_pb2
+
+    from berth.api.services.snapshots.v1 import snapshots_pb2 as snapshots_pb
+    from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as snapshots_grpc
+    from berth.api.services.tasks.v1 import tasks_pb2 as pb
+    from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
+    from berth.api.types import mount_pb2
+else:
+    any_pb2 = LazyModule("google.protobuf.any_pb2")
+    snapshots_pb = LazyModule("berth.api.services.snapshots.v1.snapshots_pb2")
+    snapshots_grpc = LazyModule("berth.api.services.snapshots.v1.snapshots_pb2_grpc")
+    pb = LazyModule("berth.api.services.tasks.v1.tasks_pb2")
+    pb_grpc = LazyModule("berth.api.services.tasks.v1.tasks_pb2_grpc")
+    mount_pb2 = LazyModule("berth.api.types.mount_pb2")
 
 _STATUS = {0: "unknown", 1: "created", 2: "running", 3: "stopped", 4: "paused", 5: "pausing"}
-_STUB = pb_grpc.TasksStub
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -54,6 +59,15 @@ def _time(ts: Any) -> datetime | None:
 
 def _decode_any(value: Any) -> dict[str, Any] | None:
     """A typed payload as a dict of protobuf field names, or None if its type is unknown."""
+    from google.protobuf import descriptor_pool, json_format
+    from google.protobuf.message import DecodeError
+    from google.protobuf.message_factory import GetMessageClass
+
+    # What these payloads may be: cgroups v1/v2 metrics and runc's options.
+    from berth.api.cgroups.stats.v1 import metrics_pb2 as _cg1  # noqa: F401
+    from berth.api.cgroups.v2.stats import metrics_pb2 as _cg2  # noqa: F401
+    from berth.api.runtime.v2.runc.options import oci_pb2 as _runc  # noqa: F401
+
     name = value.type_url.rsplit("/", 1)[-1]
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(name)
@@ -115,7 +129,7 @@ def parse_signal(text: str | int) -> int:
 
 
 def task_create(
-    container_id: str,
+    container: types.Container,
     stdin: str,
     stdout: str,
     stderr: str,
@@ -127,8 +141,11 @@ def task_create(
 
     As containerd's client does, the rootfs mounts come from the
     container's snapshotter, so the server gets them with the request.
+    ``container`` is the caller's record (a handle's ``info``), used as it
+    is: containerd's client reads it again first, which costs a round trip
+    to learn what the handle was just given.
     """
-    container = yield from containers_get(container_id)
+    container_id = container.id
     rootfs: list[Any] = []
     if container.snapshot_key:
         resp = yield Call(
@@ -149,27 +166,33 @@ def task_create(
         options=any_pb2.Any(type_url=options.type_url, value=options.value) if options else None,
         runtime_path=runtime_path,
     )
-    created = yield Call(_STUB, "Create", req)
+    created = yield Call(pb_grpc.TasksStub, "Create", req)
     return int(created.pid)
 
 
 def task_start(container_id: str, exec_id: str) -> Op[int]:
-    resp = yield Call(_STUB, "Start", pb.StartRequest(container_id=container_id, exec_id=exec_id))
+    resp = yield Call(
+        pb_grpc.TasksStub, "Start", pb.StartRequest(container_id=container_id, exec_id=exec_id)
+    )
     return int(resp.pid)
 
 
 def task_wait(container_id: str, exec_id: str) -> Op[types.ExitStatus]:
-    resp = yield Call(_STUB, "Wait", pb.WaitRequest(container_id=container_id, exec_id=exec_id))
+    resp = yield Call(
+        pb_grpc.TasksStub, "Wait", pb.WaitRequest(container_id=container_id, exec_id=exec_id)
+    )
     return _exit(resp)
 
 
 def task_get(container_id: str, exec_id: str) -> Op[types.ProcessState]:
-    resp = yield Call(_STUB, "Get", pb.GetRequest(container_id=container_id, exec_id=exec_id))
+    resp = yield Call(
+        pb_grpc.TasksStub, "Get", pb.GetRequest(container_id=container_id, exec_id=exec_id)
+    )
     return _state(resp.process)
 
 
 def tasks_list() -> Op[list[types.ProcessState]]:
-    resp = yield Call(_STUB, "List", pb.ListTasksRequest())
+    resp = yield Call(pb_grpc.TasksStub, "List", pb.ListTasksRequest())
     return sorted((_state(p) for p in resp.tasks), key=lambda s: s.id)
 
 
@@ -180,27 +203,27 @@ def task_kill(container_id: str, exec_id: str, signal: int, all: bool) -> Op[Non
     if all and exec_id:
         raise errdefs.InvalidArgument("specify an exec-id or all; not both")
     req = pb.KillRequest(container_id=container_id, exec_id=exec_id, signal=signal, all=all)
-    yield Call(_STUB, "Kill", req)
+    yield Call(pb_grpc.TasksStub, "Kill", req)
 
 
 def task_pause(container_id: str) -> Op[None]:
-    yield Call(_STUB, "Pause", pb.PauseTaskRequest(container_id=container_id))
+    yield Call(pb_grpc.TasksStub, "Pause", pb.PauseTaskRequest(container_id=container_id))
 
 
 def task_resume(container_id: str) -> Op[None]:
-    yield Call(_STUB, "Resume", pb.ResumeTaskRequest(container_id=container_id))
+    yield Call(pb_grpc.TasksStub, "Resume", pb.ResumeTaskRequest(container_id=container_id))
 
 
 def task_resize(container_id: str, exec_id: str, width: int, height: int) -> Op[None]:
     req = pb.ResizePtyRequest(
         container_id=container_id, exec_id=exec_id, width=width, height=height
     )
-    yield Call(_STUB, "ResizePty", req)
+    yield Call(pb_grpc.TasksStub, "ResizePty", req)
 
 
 def task_close_stdin(container_id: str, exec_id: str) -> Op[None]:
     req = pb.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True)
-    yield Call(_STUB, "CloseIO", req)
+    yield Call(pb_grpc.TasksStub, "CloseIO", req)
 
 
 def task_update(
@@ -216,11 +239,11 @@ def task_update(
     req = pb.UpdateTaskRequest(
         container_id=container_id, resources=any_res, annotations=dict(annotations or {})
     )
-    yield Call(_STUB, "Update", req)
+    yield Call(pb_grpc.TasksStub, "Update", req)
 
 
 def task_pids(container_id: str) -> Op[list[types.ProcessInfo]]:
-    resp = yield Call(_STUB, "ListPids", pb.ListPidsRequest(container_id=container_id))
+    resp = yield Call(pb_grpc.TasksStub, "ListPids", pb.ListPidsRequest(container_id=container_id))
     return [
         types.ProcessInfo(pid=p.pid, info=_decode_any(p.info) if p.HasField("info") else None)
         for p in resp.processes
@@ -230,7 +253,7 @@ def task_pids(container_id: str) -> Op[list[types.ProcessInfo]]:
 def tasks_metrics(filters: Iterable[str]) -> Op[list[types.TaskMetric]]:
     if isinstance(filters, str | bytes):
         raise TypeError("filters must be a sequence of strings, not a single string")
-    resp = yield Call(_STUB, "Metrics", pb.MetricsRequest(filters=list(filters)))
+    resp = yield Call(pb_grpc.TasksStub, "Metrics", pb.MetricsRequest(filters=list(filters)))
     out = []
     for m in resp.metrics:
         has = m.HasField("data")
@@ -266,7 +289,7 @@ def task_exec(
         stderr=stderr,
         terminal=terminal,
     )
-    yield Call(_STUB, "Exec", req)
+    yield Call(pb_grpc.TasksStub, "Exec", req)
 
 
 # --- delete -----------------------------------------------------------------------------------
@@ -281,20 +304,22 @@ def deletable(state: types.ProcessState, pid: int) -> bool:
 
 
 def task_delete(
-    container_id: str, pid: int, state: types.ProcessState | None = None
+    container_id: str, pid: int, state: types.ProcessState | None = None, *, exited: bool = False
 ) -> Op[types.ExitStatus]:
     """Delete a stopped task (or a created one whose pid is 0); returns its exit.
 
     ``state`` is the task's state when the caller has just read it (to drain
     its I/O first), so it is not asked for twice; containerd's client also
-    checks the status once per delete.
+    checks the status once per delete. ``exited`` says the caller saw the
+    process's Wait return: it has stopped, so the status is not asked at all.
     """
-    st = state if state is not None else (yield from task_get(container_id, ""))
-    if not deletable(st, pid):
-        raise errdefs.FailedPrecondition(
-            f"task must be stopped before deletion: {st.status}: failed precondition"
-        )
-    resp = yield Call(_STUB, "Delete", pb.DeleteTaskRequest(container_id=container_id))
+    if not exited:
+        st = state if state is not None else (yield from task_get(container_id, ""))
+        if not deletable(st, pid):
+            raise errdefs.FailedPrecondition(
+                f"task must be stopped before deletion: {st.status}: failed precondition"
+            )
+    resp = yield Call(pb_grpc.TasksStub, "Delete", pb.DeleteTaskRequest(container_id=container_id))
     return _exit(resp)
 
 
@@ -306,7 +331,7 @@ def process_delete(container_id: str, exec_id: str) -> Op[types.ExitStatus]:
             " failed precondition"
         )
     req = pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
-    resp = yield Call(_STUB, "DeleteProcess", req)
+    resp = yield Call(pb_grpc.TasksStub, "DeleteProcess", req)
     return _exit(resp)
 
 
@@ -319,17 +344,22 @@ def kill_for_delete(container_id: str, exec_id: str) -> Op[None]:
         pass
 
 
-def container_delete(container: types.Container, snapshot_cleanup: bool) -> Op[None]:
+def container_delete(
+    container: types.Container, snapshot_cleanup: bool, *, task_gone: bool = False
+) -> Op[None]:
     """Delete a container that has no task; ``snapshot_cleanup`` also removes
-    its rootfs snapshot (containerd's ``WithSnapshotCleanup``)."""
-    try:
-        yield from task_get(container.id, "")
-    except errdefs.NotFound:
-        pass
-    else:
-        raise errdefs.FailedPrecondition(
-            f"cannot delete running task {container.id}: failed precondition"
-        )
+    its rootfs snapshot (containerd's ``WithSnapshotCleanup``). ``task_gone``
+    says the caller has just deleted the container's task itself, so the
+    check for one is skipped."""
+    if not task_gone:
+        try:
+            yield from task_get(container.id, "")
+        except errdefs.NotFound:
+            pass
+        else:
+            raise errdefs.FailedPrecondition(
+                f"cannot delete running task {container.id}: failed precondition"
+            )
     if snapshot_cleanup and container.snapshotter and container.snapshot_key:
         req = snapshots_pb.RemoveSnapshotRequest(
             snapshotter=container.snapshotter, key=container.snapshot_key

@@ -47,19 +47,15 @@ import errno
 import fcntl
 import os
 import select
-import shutil
 import struct
 import sys
-import tempfile
 import termios
 import threading
 import time
-import tty
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO as _PyIO
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
 
 __all__ = [
     "DEFAULT_FIFO_DIR",
@@ -145,10 +141,44 @@ Attacher = Callable[[IOConfig], IO]
 # --- FIFO copying ------------------------------------------------------------------------
 
 
+# The standard library's tempfile and shutil are not used on the paths every
+# `berth run` takes: importing them costs more than what is used of them.
+
+
 def _fifo_root(fifo_dir: str | None) -> str:
     if fifo_dir:
         return fifo_dir
-    return DEFAULT_FIFO_DIR if os.geteuid() == 0 else tempfile.gettempdir()
+    if os.geteuid() == 0:
+        return DEFAULT_FIFO_DIR
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def _make_dir(root: str) -> str:
+    """A new directory under ``root`` with a random name, mode 0700 (as mkdtemp)."""
+    while True:
+        d = os.path.join(root, "io-" + os.urandom(8).hex())
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        return d
+
+
+def _remove_dir(d: str) -> None:
+    """Remove a FIFO directory: the FIFOs in it, then it. Never raises."""
+    try:
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        # Something other than our FIFOs is in there: remove whatever it is.
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _make_fifos(
@@ -156,7 +186,7 @@ def _make_fifos(
 ) -> tuple[str, IOConfig]:
     root = _fifo_root(fifo_dir)
     os.makedirs(root, mode=0o700, exist_ok=True)
-    d = tempfile.mkdtemp(dir=root)  # 0700: only root reaches the FIFOs
+    d = _make_dir(root)  # 0700: only root reaches the FIFOs
     paths = {}
     for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
         if wanted:
@@ -344,7 +374,7 @@ class _FifoIO(IO):
             with contextlib.suppress(OSError):
                 os.close(fd)
         if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            _remove_dir(self._dir)
 
 
 def _run_hook(hook: Callable[[], None]) -> None:
@@ -407,7 +437,7 @@ def streams(
         try:
             return _FifoIO(cfg, directory=d, stdin=stdin, stdout=out, stderr=err)
         except BaseException:
-            shutil.rmtree(d, ignore_errors=True)
+            _remove_dir(d)
             raise
 
     return create
@@ -443,6 +473,8 @@ def log_uri(uri: str) -> Creator:
 
 def log_file(path: str | os.PathLike[str]) -> Creator:
     """Let the shim append stdout and stderr to the file ``path`` (made absolute)."""
+    from urllib.parse import quote
+
     return log_uri("file://" + quote(os.path.abspath(os.fspath(path))))
 
 
@@ -451,6 +483,8 @@ def binary_logger(path: str | os.PathLike[str], args: Mapping[str, str] | None =
 
     ``args`` become the URI's query (containerd passes them on to the binary).
     """
+    from urllib.parse import quote, urlencode
+
     uri = "binary://" + quote(os.path.abspath(os.fspath(path)))
     if args:
         uri += "?" + urlencode(sorted(args.items()))
@@ -517,6 +551,8 @@ def raw_terminal(fd: int | None = None) -> Iterator[None]:
     Keys then reach the container as typed (^C included); the previous mode
     is restored on exit, whatever happens.
     """
+    import tty
+
     if fd is None:
         fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
@@ -537,7 +573,7 @@ class _Loaded(IO):
 
     def close(self) -> None:
         if not self._closed and self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            _remove_dir(self._dir)
         self._closed = True
 
 

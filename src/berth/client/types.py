@@ -4,81 +4,155 @@ Callers can compare, copy, pickle and print them without knowing the wire
 format, and the wire format can change (containerd 2 APIs) without breaking
 them. This module imports nothing heavy, so the CLI can use it for type hints
 and rendering without loading gRPC.
+
+Creating a frozen dataclass costs about a millisecond (its methods are
+generated and compiled), and ``berth run`` needs only the eight records
+defined here of the SDK's twenty-nine. The rest live in private modules
+(``_types_daemon``, ``_types_images``, ``_types_tasks``) that this module
+imports the first time one of their names is read from it (PEP 562), and
+binds here, so ``berth.client.types.Image`` works as if defined here. Those
+records say ``berth.client.types`` as their ``__module__``, so reprs,
+pickles and ``typing.get_type_hints`` all name and find them here.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # The records __getattr__ below loads on first use, as type checkers see them.
+    from berth.client._types_daemon import (
+        Namespace,
+        Platform,
+        Plugin,
+        PluginError,
+        Resource,
+        Version,
+    )
+    from berth.client._types_images import (
+        BlobCheck,
+        ContentInfo,
+        Descriptor,
+        Image,
+        ImageCheck,
+        ImageDetails,
+        ImageSummary,
+        IngestStatus,
+        LayerProgress,
+        PulledImage,
+        TransferProgress,
+        UnpackedImage,
+    )
+    from berth.client._types_tasks import (
+        ProcessInfo,
+        SnapshotUsage,
+        TaskMetric,
+    )
+
+__all__ = [
+    "LEASE_EXPIRE_LABEL",
+    "PROCESS_SPEC_TYPE_URL",
+    "RESOURCES_TYPE_URL",
+    "SPEC_TYPE_URL",
+    "UNKNOWN_EXIT_STATUS",
+    "AnyValue",
+    "BlobCheck",
+    "Container",
+    "ContentInfo",
+    "Descriptor",
+    "ExitStatus",
+    "Image",
+    "ImageCheck",
+    "ImageConfig",
+    "ImageDetails",
+    "ImageSummary",
+    "IngestStatus",
+    "LayerProgress",
+    "Lease",
+    "Mount",
+    "Namespace",
+    "Platform",
+    "Plugin",
+    "PluginError",
+    "ProcessInfo",
+    "ProcessState",
+    "PulledImage",
+    "Resource",
+    "SnapshotInfo",
+    "SnapshotUsage",
+    "TaskMetric",
+    "TransferProgress",
+    "UnpackedImage",
+    "Version",
+]
 
 #: The label containerd's garbage collector reads to expire a lease (RFC 3339).
 LEASE_EXPIRE_LABEL = "containerd.io/gc.expire"
 
-#: The text containerd puts in a plugin's init error when the plugin chose not to
-#: load (``plugin.ErrSkipPlugin``); ``ctr plugins ls`` shows such plugins as "skip".
-_SKIP_PLUGIN = "skip plugin"
+#: The type URL containerd gives an OCI runtime spec stored in a container.
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+#: The exit code containerd reports when a process's real one cannot be known.
+UNKNOWN_EXIT_STATUS = 255
+
+#: The type URL containerd gives LinuxResources in a task Update.
+RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+
+#: The type URL of an OCI process spec, as an exec request carries it.
+PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+#: Record name -> the private module defining it, loaded on first use.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("Version", "Platform", "PluginError", "Plugin", "Namespace", "Resource"), "_types_daemon"
+    ),
+    **dict.fromkeys(
+        (
+            "Descriptor",
+            "Image",
+            "PulledImage",
+            "LayerProgress",
+            "UnpackedImage",
+            "ContentInfo",
+            "IngestStatus",
+            "TransferProgress",
+            "ImageDetails",
+            "ImageSummary",
+            "BlobCheck",
+            "ImageCheck",
+        ),
+        "_types_images",
+    ),
+    **dict.fromkeys(("ProcessInfo", "TaskMetric", "SnapshotUsage"), "_types_tasks"),
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
-    """What the daemon's Version service reports."""
+# Hidden from type checkers, which would otherwise accept any name read from
+# this module; they see the records through the imports above instead.
+if not TYPE_CHECKING:
 
-    version: str
-    revision: str
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """An OCI platform as the daemon reports it for a plugin."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        # containerd's platforms.Format: os/arch[/variant], "unknown" for a blank OS.
-        parts = [self.os or "unknown", self.architecture]
-        if self.variant:
-            parts.append(self.variant)
-        return "/".join(parts)
+    def __getattr__(name: str) -> Any:
+        home = _LAZY.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        module = importlib.import_module(f"berth.client.{home}")
+        # Bind the whole module's records: later reads are plain lookups, and
+        # get_type_hints finds the names their annotations use (Image's
+        # Descriptor) in this module's namespace.
+        for other, other_home in _LAZY.items():
+            if other_home == home:
+                globals()[other] = getattr(module, other)
+        return globals()[name]
 
 
-@dataclass(frozen=True, slots=True)
-class PluginError:
-    """Why a plugin failed to initialise: a gRPC status code and its message."""
-
-    code: int
-    message: str
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
-@dataclass(frozen=True, slots=True)
-class Plugin:
-    """One plugin loaded (or not) by the daemon, as the Introspection service lists it."""
-
-    type: str
-    id: str
-    requires: tuple[str, ...] = ()
-    platforms: tuple[Platform, ...] = ()
-    exports: dict[str, str] = field(default_factory=dict)
-    capabilities: tuple[str, ...] = ()
-    init_error: PluginError | None = None
-
-    @property
-    def status(self) -> str:
-        """``ok``, ``skip`` or ``error``, by the rule ``ctr plugins ls`` applies."""
-        if self.init_error is None:
-            return "ok"
-        if _SKIP_PLUGIN in self.init_error.message:
-            return "skip"
-        return "error"
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    """A namespace and its labels."""
-
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
+# --- leases and containers ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +176,6 @@ class Lease:
             return datetime.fromisoformat(value)
         except ValueError:
             return None
-
-
-@dataclass(frozen=True, slots=True)
-class Resource:
-    """A resource held by a lease.
-
-    ``type`` is ``content`` (id: a digest), ``ingests`` (id: an ingest ref) or
-    ``snapshots/<snapshotter>`` (id: a snapshot key).
-    """
-
-    id: str
-    type: str
-
-
-#: The type URL containerd gives an OCI runtime spec stored in a container.
-SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,215 +244,7 @@ class ImageConfig:
     chain_id: str
 
 
-# --- images, content and transfers -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """An OCI descriptor: what a blob is, its digest and size."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """An image record: a name pointing at a root descriptor (manifest or index)."""
-
-    name: str
-    target: Descriptor
-    labels: dict[str, str] = field(default_factory=dict)
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PulledImage(Image):
-    """What a pull returns: the image record, plus whether the daemon unpacked it.
-
-    ``warnings`` are things that did not fail the pull but that the caller
-    should know, such as "not unpacked: no unpacker loaded".
-    """
-
-    unpacked: bool = False
-    snapshotter: str = ""
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LayerProgress:
-    """The latest state of one layer while an image is unpacked.
-
-    ``chain_id`` names the snapshot the layer becomes; ``digest`` and
-    ``size`` are the layer blob's. ``status``: unpacking, unpacked (applied
-    by this call) or exists (already unpacked, left alone).
-    """
-
-    chain_id: str
-    digest: str
-    media_type: str
-    size: int
-    status: str
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("unpacked", "exists")
-
-
-@dataclass(frozen=True, slots=True)
-class UnpackedImage:
-    """What unpacking an image did.
-
-    ``chain_id`` is the top layer's (the parent of a container's snapshot;
-    empty for an image without layers). ``unpacked`` is True when this call
-    applied at least one layer, False when the image was already unpacked.
-    ``manifest`` is the manifest chosen for the platform.
-    """
-
-    name: str
-    snapshotter: str
-    chain_id: str
-    unpacked: bool
-    manifest: Descriptor
-
-
-@dataclass(frozen=True, slots=True)
-class ContentInfo:
-    """One blob the namespace has."""
-
-    digest: str
-    size: int
-    created_at: datetime
-    updated_at: datetime
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestStatus:
-    """An ingest (a write in progress): ``offset`` of ``total`` bytes written."""
-
-    ref: str
-    offset: int
-    total: int
-    expected: str
-    started_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class TransferProgress:
-    """The latest state of one blob in a pull or push (or a layer being unpacked).
-
-    ``key`` is the blob's ingest ref as ctr shows it (``layer-sha256:...``).
-    ``status``: waiting, downloading, uploading, exists, mounted, done,
-    unpacking or unpacked. ``offset`` of ``total`` bytes have moved.
-    """
-
-    key: str
-    digest: str
-    media_type: str
-    status: str
-    offset: int
-    total: int
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("exists", "mounted", "done", "unpacked")
-
-
-@dataclass(frozen=True, slots=True)
-class ImageDetails:
-    """An image's documents as stored: ``index`` (None for a single manifest),
-    the ``manifest`` chosen for the platform, and its ``config``, all parsed JSON.
-    ``manifest_descriptor`` names the manifest that was chosen."""
-
-    image: Image
-    index: dict[str, object] | None
-    manifest_descriptor: Descriptor
-    manifest: dict[str, object]
-    config: dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class ImageSummary:
-    """What ``images ls`` shows besides the record: the size for the host
-    platform (manifest, config and layers) and every platform the image has."""
-
-    size: int
-    platforms: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class BlobCheck:
-    """One blob of an image (or of the store) checked by reading it back.
-
-    ``status``: ``ok``; ``missing`` (not in the store); ``corrupt`` (its bytes
-    hash to ``actual`` or their size differs).
-    """
-
-    digest: str
-    size: int
-    media_type: str
-    status: str
-    actual: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageCheck:
-    """The outcome of checking one image's content, as ``ctr images check``.
-
-    ``required`` are the blobs the host platform needs; ``blobs`` says what was
-    found for each. ``available`` is False when a missing manifest or index
-    means the full list of required blobs cannot be known.
-    """
-
-    image: Image
-    available: bool
-    blobs: tuple[BlobCheck, ...]
-
-    @property
-    def required(self) -> tuple[BlobCheck, ...]:
-        """The config and layers: what ``ctr images check`` counts (manifests
-        and indexes are verified too, but not counted)."""
-        return tuple(b for b in self.blobs if not _is_document(b.media_type))
-
-    @property
-    def present(self) -> tuple[BlobCheck, ...]:
-        """The counted blobs that are present and intact."""
-        return tuple(b for b in self.required if b.status == "ok")
-
-    @property
-    def complete(self) -> bool:
-        return self.available and all(b.status == "ok" for b in self.blobs)
-
-    @property
-    def status(self) -> str:
-        """``complete``, ``incomplete``, ``corrupt`` or ``unavailable`` (ctr's words plus corrupt)."""
-        if any(b.status == "corrupt" for b in self.blobs):
-            return "corrupt"
-        if not self.available:
-            return "unavailable"
-        return "complete" if self.complete else "incomplete"
-
-
-def _is_document(media_type: str) -> bool:
-    return media_type.endswith(
-        ("manifest.v1+json", "index.v1+json", "manifest.v2+json", "manifest.list.v2+json")
-    )
-
-
 # --- tasks and processes -------------------------------------------------------------------
-
-#: The exit code containerd reports when a process's real one cannot be known.
-UNKNOWN_EXIT_STATUS = 255
-
-#: The type URL containerd gives LinuxResources in a task Update.
-RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-
-#: The type URL of an OCI process spec, as an exec request carries it.
-PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,31 +281,6 @@ class ProcessState:
     exited_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    """One host pid of a task (``ctr tasks ps``); ``info`` is the runtime's
-    decoded detail for it (runc: ``{"exec_id": ...}`` for exec'd processes)."""
-
-    pid: int
-    info: dict[str, object] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskMetric:
-    """One task's resource statistics.
-
-    ``stats`` is the decoded cgroup statistics (cgroups v1 or v2 metrics, as
-    protobuf field names) or None for a type this SDK does not know; ``data``
-    keeps the raw typed payload either way.
-    """
-
-    id: str
-    timestamp: datetime | None
-    type_url: str
-    stats: dict[str, object] | None
-    data: AnyValue | None = None
-
-
 # --- snapshots ---------------------------------------------------------------------------
 
 
@@ -474,11 +299,3 @@ class SnapshotInfo:
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotUsage:
-    """The disk a snapshot uses of its own (not its parents'): bytes and inodes."""
-
-    size: int
-    inodes: int
