@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Berthd, env_with_src, short_tmpdir
+from tests.support.daemon import Berthd, env_with_src
 from tests.support.fixtures import TEST_PASSWORD, TEST_USER, PushedImage, push_to
 from tests.support.imagebuilder import Image
 from tests.support.registry import Registry
@@ -142,11 +143,16 @@ def test_missing_image_is_a_one_line_not_found(
 
 
 def test_user_password_from_env_and_refusal_without_one(
-    shared_berthd: Berthd, auth_registry: Registry, busybox_image: Image, repo_name: str
+    shared_berthd: Berthd,
+    auth_registry: Registry,
+    busybox_image: Image,
+    repo_name: str,
+    tmp_path: Path,
 ) -> None:
     pushed = push_to(auth_registry, busybox_image, repo_name)
     assert auth_registry.ca_cert is not None
-    hosts = short_tmpdir("b.hosts.")
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
     (hosts / auth_registry.host).mkdir()
     (hosts / auth_registry.host / "hosts.toml").write_text(
         f'server = "https://{auth_registry.host}"\n'

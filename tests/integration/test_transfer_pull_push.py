@@ -16,7 +16,7 @@ import pytest
 
 from berth import errdefs
 from berth.client import Client, TransferProgress
-from tests.support.daemon import Berthd, short_tmpdir
+from tests.support.daemon import Berthd
 from tests.support.fixtures import TEST_PASSWORD, TEST_USER, PushedImage, push_to
 from tests.support.imagebuilder import (
     Compression,
@@ -197,10 +197,14 @@ def test_tag_then_push_under_the_new_name(
 
 
 def test_pull_from_auth_registry_needs_and_uses_credentials(
-    shared_berthd: Berthd, auth_registry: Registry, busybox_image: Image, repo_name: str
+    shared_berthd: Berthd,
+    auth_registry: Registry,
+    busybox_image: Image,
+    repo_name: str,
+    tmp_path: Path,
 ) -> None:
     pushed = push_to(auth_registry, busybox_image, repo_name)
-    hosts = _hosts_dir(auth_registry)
+    hosts = _hosts_dir(auth_registry, tmp_path)
     with ns_client(shared_berthd, "auth") as c:
         # No credentials: the daemon's refusal names the host and how to log in.
         with pytest.raises(errdefs.BerthError, match="unauthorized") as err:
@@ -215,10 +219,9 @@ def test_pull_from_auth_registry_needs_and_uses_credentials(
     assert TEST_PASSWORD not in shared_berthd.logs()
 
 
-def _hosts_dir(reg: Registry) -> Path:
-    """A containerd hosts directory trusting the registry's CA."""
+def _hosts_dir(reg: Registry, base: Path) -> Path:
+    """A containerd hosts directory under ``base`` trusting the registry's CA."""
     assert reg.ca_cert is not None
-    base = short_tmpdir("b.hosts.")
     host_dir = base / reg.host
     host_dir.mkdir(parents=True)
     (host_dir / "hosts.toml").write_text(
@@ -229,10 +232,14 @@ def _hosts_dir(reg: Registry) -> Path:
 
 
 def test_pull_and_push_over_tls_with_hosts_dir(
-    shared_berthd: Berthd, tls_registry: Registry, busybox_image: Image, repo_name: str
+    shared_berthd: Berthd,
+    tls_registry: Registry,
+    busybox_image: Image,
+    repo_name: str,
+    tmp_path: Path,
 ) -> None:
     pushed = push_to(tls_registry, busybox_image, repo_name)
-    hosts = _hosts_dir(tls_registry)
+    hosts = _hosts_dir(tls_registry, tmp_path)
     with ns_client(shared_berthd, "tls") as c:
         # Without the hosts dir a loopback registry is spoken to in plain
         # HTTP, as containerd does, which a TLS registry refuses.

@@ -165,7 +165,7 @@ class TasksService(pb_grpc.TasksServicer):
     # -- lookups -------------------------------------------------------------------
 
     async def _container(self, ns: str, id: str) -> Container:
-        return await asyncio.to_thread(self.containers.get, ns, id)
+        return await self.containers.db.query(lambda: self.containers.get(ns, id))
 
     async def _task(self, ns: str, id: str) -> ShimTask:
         await self._container(ns, id)

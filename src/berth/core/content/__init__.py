@@ -5,11 +5,13 @@ the filesystem implementation (containerd's ``content/local`` layout), and
 :func:`copy_into` the streaming helper used to fill it from a remote source.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from berth.core.content.digest import CANONICAL, Algorithm, Digest, Digester, parse_digest
 from berth.core.content.errors import OutOfRange, ShortRead
-from berth.core.content.helpers import Source, SupportsRead, copy_into, open_writer_waiting
-from berth.core.content.labels import MemoryLabelStore
-from berth.core.content.local import LocalReaderAt, LocalStore, LocalWriter
 from berth.core.content.model import Descriptor, Info, Status
 from berth.core.content.store import (
     InfoFilter,
@@ -20,6 +22,36 @@ from berth.core.content.store import (
     WalkFn,
     Writer,
 )
+
+if TYPE_CHECKING:
+    from berth.core.content.helpers import Source, SupportsRead, copy_into, open_writer_waiting
+    from berth.core.content.labels import MemoryLabelStore
+    from berth.core.content.local import LocalReaderAt, LocalStore, LocalWriter
+
+# The filesystem store and the copy helpers load on first use: the CLI and
+# the SDK parse manifests with this package's digests and descriptors on
+# every `berth run`, and never touch a local store (whose imports, shutil
+# with bz2 and lzma among them, cost several milliseconds per command).
+_LAZY = {
+    "Source": "helpers",
+    "SupportsRead": "helpers",
+    "copy_into": "helpers",
+    "open_writer_waiting": "helpers",
+    "MemoryLabelStore": "labels",
+    "LocalReaderAt": "local",
+    "LocalStore": "local",
+    "LocalWriter": "local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CANONICAL",
