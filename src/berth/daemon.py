@@ -200,9 +200,10 @@ class Daemon:
         except BaseException:
             await self._teardown()
             raise
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         log.info(
             "berthd successfully booted",
-            extra={"fields": {"address": str(p.address), "root": str(p.root)}},
+            extra={"fields": {"address": str(p.address), "root": str(p.root), "loop": loop}},
         )
 
     def _record_proxy_plugins(self) -> None:
@@ -406,7 +407,10 @@ def _run_loop(main_coro: Any) -> None:
 
     Every request crosses the loop several times (gRPC callbacks, executor
     hand-offs, shim connections); uvloop cuts berthd's CPU per request by
-    about a quarter, and reaps shim processes without a thread per child.
+    about a quarter. Nothing in berthd may use the loop's subprocess support
+    (see :mod:`berth.core.runtime.binary` for why shims are spawned with
+    ``subprocess.Popen``). Without uvloop (it is a declared dependency, but a
+    distribution may lack it) asyncio's own loop serves the same code.
     """
     try:
         import uvloop
