@@ -7,7 +7,9 @@ exits, waits, execs and deletion; ``Shutdown`` is ignored while the shim
 still serves containers and the shim exits after the last deletion; a
 restarted daemon reconnects every task of the group; a shim killed with
 SIGKILL takes every task of its group to STOPPED/137 with everything
-reclaimed. The default configuration still gives one shim per container.
+reclaimed; creates racing into an empty group, and deletions racing them,
+leave no shim and, once it has lingered, no zygote behind. The default
+configuration still gives one shim per container.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +33,8 @@ import pytest
 from berth import namespaces
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.core.runtime.manager import NAMESPACE_GROUP
+from berth.shim import main as shim_main
+from berth.shim import zygote
 from berth.ttrpc import Client, ServiceStub
 from tests.support.daemon import Berthd, short_tmpdir
 from tests.support.imagebuilder import Image, write_oci_layout
@@ -41,6 +48,12 @@ TASK_DIR = "io.containerd.runtime.v2.task"
 # gate, a deletion's Shutdown lands inside another task's start/Create.
 CHURN_STREAMS = 4
 CHURN_RUNS = 20
+# Rounds of creates that all find the group empty: each round, every one of
+# them races to start the group's shim, and exactly one may win.
+BURST_ROUNDS = 6
+BURST_SIZE = 4
+# The churn daemon's zygote goes this long after its last shim.
+CHURN_LINGER = "1"
 GROUPED = 'version = 2\n[plugins."io.containerd.runtime.v2.task"]\n  shim_group = "namespace"\n'
 
 
@@ -89,6 +102,67 @@ def mounts_under(d: Berthd) -> list[str]:
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
         if str(d.state / TASK_DIR) in line
     ]
+
+
+def _socket_inodes_under(directory: Path) -> set[int]:
+    """Inodes of the unix sockets bound to a name under ``directory``; the
+    kernel keeps a socket's name after the file is unlinked."""
+    inodes = set()
+    prefix = f"{directory}/"
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].startswith(prefix):
+            inodes.add(int(fields[6]))
+    return inodes
+
+
+def daemon_shim_processes(d: Berthd) -> dict[int, bytes]:
+    """pid -> command line of every process that serves one of this daemon's
+    shim sockets (shims, and the zygote that forks them; both bind under
+    ``<base>/s``) or works in one of its bundles. Found through the daemon's
+    own paths only, so other daemons' shims never count."""
+    inodes = _socket_inodes_under(d.base / "s")
+    bundles_dir = f"{d.state / TASK_DIR}/"
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            ours = cwd.startswith(bundles_dir)
+            if not ours:
+                for fd in os.listdir(f"/proc/{entry}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                        if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                            ours = True
+                            break
+            if ours and alive(int(entry)):
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def is_zygote(cmdline: bytes) -> bool:
+    return cmdline.rstrip(b"\0").split(b"\0")[-1] == b"zygote"
+
+
+def shim_pids(d: Berthd) -> set[int]:
+    return {pid for pid, cmdline in daemon_shim_processes(d).items() if not is_zygote(cmdline)}
+
+
+def assert_no_shim_left(d: Berthd, linger: float) -> None:
+    """No shim of ``d`` stays once its tasks are gone, and the zygote follows
+    within its linger (it exits that long after its last shim)."""
+    deadline = time.monotonic() + 10.0
+    while shims := shim_pids(d):
+        assert time.monotonic() < deadline, f"shims left behind: {shims}\n{d.logs()[-3000:]}"
+        time.sleep(0.05)
+    deadline = time.monotonic() + linger + 10.0
+    while left := daemon_shim_processes(d):
+        assert time.monotonic() < deadline, f"still running after its linger: {left}"
+        time.sleep(0.05)
 
 
 def run(d: Berthd, ns: str, id: str, *args: str) -> None:
@@ -241,14 +315,24 @@ def test_killed_grouped_shim_stops_every_task_with_137(grouped: Berthd, layout: 
     assert bundles(d, ns) == []
 
 
+@pytest.fixture
+def churn_daemon(layout: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Berthd]:
+    """A grouped daemon of the test's own, so every shim and zygote of its
+    is the test's; its shims inherit a short zygote linger."""
+    monkeypatch.setenv(zygote.LINGER_ENV, CHURN_LINGER)
+    monkeypatch.delenv(zygote.DISABLE_ENV, raising=False)
+    with daemon(GROUPED) as d:
+        yield d
+
+
 def test_concurrent_runs_in_one_group_survive_its_shim_coming_and_going(
-    grouped: Berthd, layout: Path
+    churn_daemon: Berthd, layout: Path
 ) -> None:
     # Streams of run --rm in one group: each deletion may be the group's
     # last (its Shutdown ends the shim) while the other stream is starting a
     # task in the same group. Every run must still succeed.
     ns = "grp-churn"
-    d = with_image(grouped, layout, ns)
+    d = with_image(churn_daemon, layout, ns)
 
     def stream(tag: str) -> list[int]:
         codes = []
@@ -268,6 +352,77 @@ def test_concurrent_runs_in_one_group_survive_its_shim_coming_and_going(
     assert bundles(d, ns) == []
     eventually(lambda: not group_socket(d, ns).exists())
     assert mounts_under(d) == []
+    assert_no_shim_left(d, float(CHURN_LINGER))
+
+    # Creates that all find the group empty race to start its shim: one
+    # wins, the others join it, and no loser's server is left serving nothing.
+    for round in range(BURST_ROUNDS):
+        ids = [f"burst{round}-{i}" for i in range(BURST_SIZE)]
+        with concurrent.futures.ThreadPoolExecutor(BURST_SIZE) as pool:
+            list(pool.map(lambda id: run(d, ns, id), ids))
+        listed = tasks(d, ns)
+        shims = {ppid(listed[id][0]) for id in ids}
+        assert len(shims) == 1, f"round {round}: one group, several shims {shims}"
+        with concurrent.futures.ThreadPoolExecutor(BURST_SIZE) as pool:
+            list(pool.map(lambda id: remove(d, ns, id), ids))
+        assert tasks(d, ns) == {}
+        eventually(lambda: not shim_pids(d))
+    assert bundles(d, ns) == []
+    assert not group_socket(d, ns).exists()
+    assert_no_shim_left(d, float(CHURN_LINGER))
+
+
+def race_to_listen(path: str, racers: int) -> tuple[list[socket.socket], list[BaseException]]:
+    """``racers`` threads claim ``path`` at once, as concurrent starts do:
+    the sockets they claimed, and what they raised."""
+    barrier = threading.Barrier(racers)
+    claimed: list[socket.socket] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            sock = shim_main._listen(path)
+        except BaseException as exc:
+            errors.append(exc)
+        else:
+            if sock is not None:
+                claimed.append(sock)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return claimed, errors
+
+
+def test_concurrent_starts_of_one_group_bind_one_server() -> None:
+    # What each `start` does first, raced by several at once: claim the
+    # group's socket or find it served. Exactly one claims it, every other
+    # one joins, and a stale socket left by a killed shim is taken over
+    # once, never out from under a fresh claim.
+    base = Path(tempfile.mkdtemp(prefix="b.gs.", dir="/tmp"))
+    path = str(base / "s" / "group")
+    try:
+        for round in range(150):
+            if round % 3 == 0:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+                    dead.bind(path)  # a socket file nobody listens on
+            owners, errors = race_to_listen(path, 4)
+            try:
+                assert errors == []
+                assert len(owners) == 1, f"round {round}: {len(owners)} servers claimed the group"
+                assert shim_main._probe(path) == "live"
+            finally:
+                for sock in owners:
+                    sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        assert os.listdir(base / "s") == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_restarted_daemon_reconnects_every_task_of_a_grouped_shim(layout: Path) -> None:

@@ -1,4 +1,4 @@
-"""Pure parts of the shim: flags, addresses, mount options, cgroups, runc
+"""Pure parts of the shim: flags, addresses, cgroups, runc
 logs, runtime options, metrics from a cgroup tree, the reaper, the publisher."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from berth.api.events import task_pb2 as events
 from berth.api.runtime.v2.runc.options import oci_pb2
 from berth.api.services.ttrpc.events.v1 import events_pb2
 from berth.shim import main as shim_main
-from berth.shim import mount as mountlib
 from berth.shim.cgroups import Cgroup
 from berth.shim.container import RuntimeOptions, _should_kill_all_on_exit
 from berth.shim.events import Publisher, pack_any, topic_of
@@ -72,17 +71,6 @@ def test_socket_address_is_a_hash_under_the_daemons_state_dir() -> None:
     long_dir = "/tmp/" + "x" * 80 + "/d.sock"
     assert socket_address(long_dir, "default", "c1").startswith("unix:///run/berth/s/")
     assert state_dir("") == "/run/berth"
-
-
-def test_mount_options_split_into_flags_and_data() -> None:
-    flags, prop, data = mountlib.parse_options(
-        ["ro", "nosuid", "lowerdir=/a:/b", "upperdir=/u", "rprivate", "rw"]
-    )
-    assert flags == mountlib.MS_NOSUID  # rw clears the earlier ro
-    assert prop == mountlib.MS_PRIVATE | mountlib.MS_REC
-    assert data == "lowerdir=/a:/b,upperdir=/u"
-    flags, _, _ = mountlib.parse_options(["rbind", "ro"])
-    assert flags == mountlib.MS_BIND | mountlib.MS_REC | mountlib.MS_RDONLY
 
 
 def test_cgroup_paths_from_proc_on_v1_and_v2() -> None:

@@ -13,46 +13,68 @@ Design note: long overlay lowerdir chains
 The kernel copies mount data (the comma-joined fs-specific options) into one
 page, so an overlay with a few dozen absolute lowerdirs does not fit in 4096
 bytes. containerd's answer, followed here, is to rewrite the lowerdirs relative
-to their common parent (``12/fs:11/fs:...``) and mount with that directory as
-the working directory. The working directory is per *process*, and berthd runs
-gRPC and executor threads that resolve relative paths, so ``os.chdir`` in the
-daemon is not an option. The candidates for a child that can chdir:
+to their common parent (``12/fs:11/fs:...``) and call mount(2) with that
+directory as the working directory. A working directory is normally shared by
+every thread of a process, and both users of this module run other threads
+(berthd its gRPC and executor threads, the shim its executor), so a plain
+``os.chdir`` would move their relative paths too. The candidates considered:
 
-* ``os.fork`` + ``chdir`` + ctypes ``mount`` in the child, as containerd's Go
-  code does with a raw clone: rejected, because forking a process that runs
-  gRPC's C-core threads is unsafe (locks held by other threads stay locked in
-  the child, and gRPC's fork handlers are off by default).
-* util-linux ``mount`` spawned with ``cwd=`` (``subprocess`` spawns with
-  ``vfork`` semantics, so no fork hazards): measured at about 2 ms for a
-  130-layer chain, and it hands relative lowerdirs to the kernel untouched.
+* ``os.fork`` + ``chdir`` + mount in the child, as containerd's Go code does
+  with a raw clone: rejected, because forking a process that runs gRPC's
+  C-core threads is unsafe (locks held by other threads stay locked in the
+  child, and gRPC's fork handlers are off by default).
+* util-linux ``mount`` spawned with ``cwd=``, which this module used to do:
+  it cannot serve the shim, whose reaper is the process's only ``waitpid``
+  caller (``berth.shim.reaper``), so a ``subprocess`` there would race it for
+  the exit status.
+* a short-lived thread that first calls ``unshare(CLONE_FS)``: the kernel then
+  gives that one thread its own working directory, so it can ``chdir`` and
+  call mount(2) without touching any other thread, and there is no child
+  process to wait for. Chosen, in berthd and in the shim alike: measured
+  here, a 130-layer view mounts in about 0.7 ms this way against 1.7 ms by
+  spawning ``mount``.
 
-Only chains that do not fit take the subprocess path, so the cost lands on rare
+Only chains that do not fit take the thread path, so the cost lands on rare
 deep images; everything else is a direct syscall. Relative paths shrink each
 layer to ``<id>/fs:`` (8-9 bytes with 4-5 digit ids), so some 400-480 layers
 fit, close to overlayfs' own limit of 500; past that ``mount`` fails with E2BIG
 and says why, as containerd's does.
 
+Bind mounts: the kernel ignores per-mount flags (``ro``, ``nosuid``, ``nodev``,
+``noexec``) on the call that creates a bind, so a bind asking for any of them
+is remounted with them right after. containerd 1.6 does this for ``ro`` only
+and silently drops the other three; util-linux ``mount`` applies all of them,
+as this module does.
+
 Unmounting an overlay with an upper dir syncs that upper filesystem, which can
 take a few hundred milliseconds on a busy ext4; ``unmount`` retries EBUSY for a
 while as containerd does, because a just-exited process may still pin it.
+``unmount_all(..., detach_busy=True)`` then detaches a still-busy mount lazily
+(the shim's choice for a task's rootfs); the daemon's own callers keep the
+error, since they may go on to delete the directories under the mount.
+
+The module uses only the standard library (and ``berth.errdefs``), because
+``containerd-shim-berth-v2`` imports it too and must stay small.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
-import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from berth import errdefs
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger("berth.mount")
 
@@ -85,7 +107,10 @@ MS_STRICTATIME = 1 << 24
 MNT_FORCE = 0x1
 MNT_DETACH = 0x2
 
-_PROPAGATION = MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE
+CLONE_FS = 0x200
+
+# Per-mount flags a bind only takes on a remount (see the module note).
+_BIND_REMOUNT = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 # option -> (clear?, flag); anything else is fs-specific data.
 _FLAGS: dict[str, tuple[bool, int]] = {
@@ -114,14 +139,20 @@ _FLAGS: dict[str, tuple[bool, int]] = {
     "strictatime": (False, MS_STRICTATIME),
     "suid": (True, MS_NOSUID),
     "sync": (False, MS_SYNCHRONOUS),
-    "private": (False, MS_PRIVATE),
-    "rprivate": (False, MS_PRIVATE | MS_REC),
-    "shared": (False, MS_SHARED),
-    "rshared": (False, MS_SHARED | MS_REC),
-    "slave": (False, MS_SLAVE),
-    "rslave": (False, MS_SLAVE | MS_REC),
-    "unbindable": (False, MS_UNBINDABLE),
-    "runbindable": (False, MS_UNBINDABLE | MS_REC),
+}
+
+# Propagation options, applied by a call of their own after the mount. Kept
+# apart from _FLAGS because their MS_REC means "the whole subtree", which must
+# not turn a plain ``bind`` into a recursive one.
+_PROPAGATION_OPTIONS: dict[str, int] = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC,
+    "slave": MS_SLAVE,
+    "rslave": MS_SLAVE | MS_REC,
+    "unbindable": MS_UNBINDABLE,
+    "runbindable": MS_UNBINDABLE | MS_REC,
 }
 
 
@@ -160,7 +191,9 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The interpreter links libc, so its symbols are already in the global
+        # namespace; ctypes.util.find_library would run ldconfig to find it.
+        lib = ctypes.CDLL(None, use_errno=True)
         lib.mount.argtypes = [
             ctypes.c_char_p,
             ctypes.c_char_p,
@@ -171,6 +204,8 @@ def _lib() -> ctypes.CDLL:
         lib.mount.restype = ctypes.c_int
         lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         lib.umount2.restype = ctypes.c_int
+        lib.unshare.argtypes = [ctypes.c_int]
+        lib.unshare.restype = ctypes.c_int
         _libc = lib
     return _libc
 
@@ -190,21 +225,39 @@ def _sys_mount(source: str, target: str, fstype: str, flags: int, data: str) -> 
         )
 
 
-def parse_options(options: Sequence[str]) -> tuple[int, str]:
-    """Split fstab-style options into mount(2) flags and the fs data string."""
+def split_options(options: Sequence[str]) -> tuple[int, int, str]:
+    """Split fstab-style options into (mount flags, propagation flags, fs data).
+
+    A later option overrides an earlier one (``ro`` then ``rw`` is ``rw``).
+    """
     flags = 0
+    propagation = 0
     data: list[str] = []
     for opt in options:
         entry = _FLAGS.get(opt)
         if entry is None:
-            data.append(opt)
+            prop = _PROPAGATION_OPTIONS.get(opt)
+            if prop is None:
+                data.append(opt)
+            else:
+                propagation |= prop
             continue
         clear, flag = entry
         if clear:
             flags &= ~flag
         else:
             flags |= flag
-    return flags, ",".join(data)
+    return flags, propagation, ",".join(data)
+
+
+def parse_options(options: Sequence[str]) -> tuple[int, str]:
+    """Split fstab-style options into mount(2) flags and the fs data string.
+
+    The flags include any propagation flags; :func:`split_options` keeps them
+    apart, as :func:`mount` needs.
+    """
+    flags, propagation, data = split_options(options)
+    return flags | propagation, data
 
 
 def compact_lowerdir(options: Sequence[str]) -> tuple[str, list[str]]:
@@ -233,29 +286,49 @@ def compact_lowerdir(options: Sequence[str]) -> tuple[str, list[str]]:
     return common + "/", out
 
 
-def _mount_in_dir(workdir: str, m: Mount, target: str, options: Sequence[str]) -> None:
-    # See the module note: the relative lowerdirs must be resolved against
-    # ``workdir`` without changing the daemon's own working directory.
-    res = subprocess.run(
-        ["mount", "-n", "-i", "-t", m.type, m.source, target, "-o", ",".join(options)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise MountError(
-            f"mount {m.type} on {target!r} from {workdir!r}: {res.stderr.strip()}", errno.EINVAL
-        )
+def _mount_in_dir(
+    workdir: str, source: str, target: str, fstype: str, flags: int, data: str
+) -> None:
+    """mount(2) with relative paths in ``data`` resolved against ``workdir``.
+
+    Runs on a new thread with its own working directory (see the module note),
+    so no other thread's relative paths move. Raises :class:`MountError`.
+    """
+    # ``target`` must not be resolved against ``workdir``.
+    target = os.path.abspath(target)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if _lib().unshare(CLONE_FS) != 0:
+                err = ctypes.get_errno()
+                raise MountError(f"unshare(CLONE_FS) to mount {target!r}: {os.strerror(err)}", err)
+            try:
+                os.chdir(workdir)
+            except OSError as exc:
+                raise MountError(
+                    f"mount {fstype} on {target!r}: chdir {workdir!r}: {exc.strerror}",
+                    exc.errno or errno.EIO,
+                ) from None
+            _sys_mount(source, target, fstype, flags, data)
+        except BaseException as exc:  # re-raised on the calling thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="berth-mount-in-dir", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def mount(m: Mount, root: str | os.PathLike[str]) -> None:
     """Perform one mount onto ``root`` (plus ``m.target`` when set).
 
-    Bind mounts asked to be ``ro`` are bind-mounted then remounted read-only,
-    because the kernel ignores MS_RDONLY on the initial bind. Propagation
-    options are applied with a separate call, as mount(2) requires.
-    Raises :class:`MountError`.
+    Bind mounts asked to be ``ro``, ``nosuid``, ``nodev`` or ``noexec`` are
+    bind-mounted then remounted with those flags, because the kernel ignores
+    them on the initial bind. Propagation options are applied with a separate
+    call, as mount(2) requires. An overlay whose options exceed a page has its
+    lowerdirs compacted (module note). Blocking; raises :class:`MountError`.
     """
     target = os.fspath(root)
     if m.target:
@@ -264,23 +337,22 @@ def mount(m: Mount, root: str | os.PathLike[str]) -> None:
     workdir = ""
     if m.type == "overlay" and sum(len(o) + 1 for o in options) >= _COMPACT_THRESHOLD:
         workdir, options = compact_lowerdir(options)
-    flags, data = parse_options(options)
+    flags, propagation, data = split_options(options)
     if len(data) >= PAGE_SIZE:
         raise MountError(
             f"mount options for {target!r} are {len(data)} bytes; the kernel takes at most"
             f" {PAGE_SIZE - 1}",
             errno.E2BIG,
         )
-    plain = flags & ~_PROPAGATION
     if not (flags & MS_REMOUNT) or data:
         if workdir:
-            _mount_in_dir(workdir, m, target, options)
+            _mount_in_dir(workdir, m.source, target, m.type, flags, data)
         else:
-            _sys_mount(m.source, target, m.type, plain, data)
-    if flags & _PROPAGATION:
-        _sys_mount("", target, "", flags & (_PROPAGATION | MS_REC | MS_SILENT), "")
-    if plain & (MS_BIND | MS_RDONLY) == (MS_BIND | MS_RDONLY):
-        _sys_mount("", target, "", plain | MS_REMOUNT, "")
+            _sys_mount(m.source, target, m.type, flags, data)
+    if propagation:
+        _sys_mount("", target, "", propagation, "")
+    if flags & MS_BIND and flags & _BIND_REMOUNT:
+        _sys_mount("", target, "", flags | MS_REMOUNT, "")
 
 
 def mount_all(mounts: Sequence[Mount], root: str | os.PathLike[str]) -> None:
@@ -289,8 +361,12 @@ def mount_all(mounts: Sequence[Mount], root: str | os.PathLike[str]) -> None:
         mount(m, root)
 
 
-def _unmount_once(target: str, flags: int, retries: int) -> bool:
-    """Peel one mount off ``target``; False when it is not a mount point."""
+def _unmount_once(target: str, flags: int, retries: int, *, detach_busy: bool = False) -> bool:
+    """Peel one mount off ``target``; False when it is not a mount point.
+
+    With ``detach_busy``, a mount still busy after the retries is detached
+    lazily (MNT_DETACH) instead of raising.
+    """
     path = target.encode()
     for _ in range(max(1, retries)):
         if _lib().umount2(path, flags) == 0:
@@ -301,6 +377,14 @@ def _unmount_once(target: str, flags: int, retries: int) -> bool:
         if err != errno.EBUSY:
             raise MountError(f"unmount {target!r}: {os.strerror(err)}", err)
         time.sleep(0.05)
+    if detach_busy:
+        log.warning("unmount %s: still busy, detaching it lazily", target)
+        if _lib().umount2(path, flags | MNT_DETACH) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EINVAL:
+            return False
+        raise MountError(f"unmount {target!r} (lazily): {os.strerror(err)}", err)
     raise MountError(f"unmount {target!r}: {os.strerror(errno.EBUSY)}", errno.EBUSY)
 
 
@@ -312,15 +396,24 @@ def unmount(target: str | os.PathLike[str], flags: int = 0, *, retries: int = 50
     _unmount_once(os.fspath(target), flags, retries)
 
 
-def unmount_all(target: str | os.PathLike[str], flags: int = 0) -> None:
+def unmount_all(
+    target: str | os.PathLike[str],
+    flags: int = 0,
+    *,
+    retries: int = 50,
+    detach_busy: bool = False,
+) -> None:
     """Unmount every mount stacked on ``target`` until none is left.
 
-    A missing or empty ``target`` is a no-op. Raises :class:`MountError`.
+    EBUSY is retried every 50 ms up to ``retries`` times per mount; then, with
+    ``detach_busy``, the mount is detached lazily (it goes away once the last
+    user lets go), otherwise the call fails. A missing or empty ``target`` is
+    a no-op. Blocking; raises :class:`MountError`.
     """
     t = os.fspath(target)
     if not t or not os.path.exists(t):
         return
-    while _unmount_once(t, flags, 50):
+    while _unmount_once(t, flags, retries, detach_busy=detach_busy):
         pass
 
 
@@ -368,6 +461,8 @@ def with_temp_mount(
     recursively would delete the snapshot's data through the mount. Blocking:
     call from a worker thread. Raises :class:`MountError`.
     """
+    from pathlib import Path  # not at module level: the shim never needs it
+
     root = Path(tempfile.mkdtemp(prefix="berth-mount-", dir=tempdir))
     try:
         try:

@@ -14,6 +14,7 @@ Layering, bottom up; each module imports only those above it in this list:
 * :mod:`~berth.shim.server`, :mod:`~berth.shim.zygote`, :mod:`~berth.shim.main` -
   the process (spawned, or forked by the per-daemon zygote) and its command line.
 
-The shim shares only :mod:`berth.ttrpc` (and the generated protobuf modules)
-with the daemon; it never imports gRPC.
+The shim shares only :mod:`berth.ttrpc`, :mod:`berth.core.mount` (one
+implementation of mount(2) for both) and the generated protobuf modules with
+the daemon; it never imports gRPC.
 """

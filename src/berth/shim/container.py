@@ -264,7 +264,7 @@ class Container:
         options: RuntimeOptions,
         state_dir: str,
         stdio: StdioConfig,
-        rootfs_mounts: list[mountlib.MountSpec],
+        rootfs_mounts: list[mountlib.Mount],
         checkpoint: str = "",
         parent_checkpoint: str = "",
     ) -> None:
@@ -358,21 +358,15 @@ class Container:
         if not self.rootfs:
             return
         os.makedirs(self.rootfs, mode=0o711, exist_ok=True)
-        for m in self.rootfs_mounts:
-            try:
-                mountlib.mount(m, self.rootfs)
-            except OSError as exc:
-                raise errdefs.BerthError(
-                    f"failed to mount rootfs component {m.type} {m.source} "
-                    f"{list(m.options)}: {exc.strerror}"
-                ) from None
-            self._mounted = True
+        # On failure mount_rootfs has already undone its partial work.
+        mountlib.mount_rootfs(self.rootfs_mounts, self.rootfs)
+        self._mounted = True
 
     async def _abort_create(self) -> None:
         await self.init.release_io()
         if self._mounted:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(mountlib.unmount_all, self.rootfs)
+            with contextlib.suppress(mountlib.MountError):
+                await asyncio.to_thread(mountlib.unmount_rootfs, self.rootfs)
             self._mounted = False
 
     async def _run_with_io(self, p: Process, call: Any, what: str) -> None:
@@ -563,17 +557,17 @@ class Container:
             await ex.release_io()
         try:
             await asyncio.to_thread(self.cleanup_files)
-        except OSError as exc:
+        except mountlib.MountError as exc:
             log.warning("failed to clean up rootfs mount: %s", exc)
             if error is None:
-                error = errdefs.BerthError(f"failed rootfs umount: {exc.strerror}")
+                error = errdefs.BerthError(f"failed rootfs umount: {os.strerror(exc.errno)}")
         if error is not None:
             raise error
 
     def cleanup_files(self) -> None:
         """Unmount the rootfs and remove the shim's scratch files. Blocking."""
         if self.rootfs:
-            mountlib.unmount_all(self.rootfs)
+            mountlib.unmount_rootfs(self.rootfs)
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- the rest ------------------------------------------------------------------

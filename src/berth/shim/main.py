@@ -7,11 +7,11 @@ it (``runtime/v2/shim``):
   ``-publish-binary``, ``-id``, ``-bundle``, ``-socket``, ``-debug``, ``-v``;
   then an action;
 * ``start`` (cwd is the bundle; runtime options may arrive on stdin as a
-  serialized ``Any``): bind the shim socket, write the bundle's ``address``
-  file, have the long-running server forked by the daemon's zygote
-  (:mod:`berth.shim.zygote`, started on first use) or, failing that, spawn
-  it in its own session with the listening socket as fd 3; print
-  ``unix://...`` and exit. Containers whose spec carries the
+  serialized ``Any``): claim the shim socket (atomically, see ``_listen``),
+  write the bundle's ``address`` file, have the long-running server forked
+  by the daemon's zygote (:mod:`berth.shim.zygote`, started on first use)
+  or, failing that, spawn it in its own session with the listening socket
+  as fd 3; print ``unix://...`` and exit. Containers whose spec carries the
   ``io.containerd.runc.v2.group`` (or CRI sandbox) annotation share one
   server; so do those started with the same ``BERTH_SHIM_GROUP`` in the
   environment (berthd's ``shim_group`` setting), which lets the daemon group
@@ -64,6 +64,9 @@ SOCKET_PATH_MAX = 107
 GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
 SHIM_GROUP_ENV = "BERTH_SHIM_GROUP"
+#: Tells the server the path its listening socket is published at (the
+#: socket's own name is a private one; see ``_listen``).
+SHIM_SOCKET_ENV = "BERTH_SHIM_SOCKET"
 SIGKILL = 9
 
 
@@ -226,40 +229,103 @@ def _unix_socket(kind: int) -> Socket:
     return _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
 
 
-def _can_connect(path: str) -> bool:
+# What a connect to a server socket's path finds (see _probe).
+_LIVE, _DEAD, _ABSENT = "live", "dead", "absent"
+
+
+def _probe(path: str) -> str:
+    """``_LIVE``, ``_DEAD`` (a file nobody listens on) or ``_ABSENT``.
+
+    Only a refused connection proves a socket dead; anything else (a full
+    backlog timing out, a permission error) counts as live, because a dead
+    socket is removed and removing a live one strands its server.
+    """
     import _socket
 
     s = _unix_socket(_socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
         s.connect(path)
+    except FileNotFoundError:
+        return _ABSENT
+    except ConnectionRefusedError:
+        return _DEAD
     except OSError:
-        return False
+        return _LIVE
     finally:
         s.close()
-    return True
+    return _LIVE
+
+
+def _remove_dead_socket(path: str) -> None:
+    """Unlink the socket file at ``path`` if nobody listens on it.
+
+    Every remover of dead sockets decides and unlinks under an exclusive
+    ``flock`` of the socket directory: without it, two that both found the
+    same dead file could unlink it in turn, the second taking the fresh
+    socket the first had linked meanwhile. A live socket file is only ever
+    removed by its own server. (``fcntl`` costs ~0.4 ms to import, so only
+    this rare path pays for it.)
+    """
+    import fcntl
+
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _probe(path) == _DEAD:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
 
 
 def _listen(path: str) -> Socket | None:
-    """Bind and listen on ``path``; None when a live server already owns it."""
+    """A listening socket published at ``path``; None when a live server
+    already owns it (grouping: the caller joins that server).
+
+    The socket is bound under a private name and listens before it is
+    hard-linked to ``path`` (``link`` fails if the name exists), so a socket
+    file at ``path`` is always either served or dead, never bound but not yet
+    listening. Binding ``path`` directly left that window open: a concurrent
+    ``start`` of the same group was refused, took the socket for a dead one,
+    replaced it with its own, and the first server, listening under a name
+    nobody could reach, never received a ``Shutdown`` (nor its zygote an
+    idle moment). Raises OSError, or RuntimeError if the path keeps changing.
+    """
     import _socket
 
-    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
-    for _ in range(2):
-        s = _unix_socket(_socket.SOCK_STREAM)
+    if _probe(path) == _LIVE:
+        return None
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o711, exist_ok=True)
+    # Shorter than ``path`` itself (a hash), so within the socket path limit.
+    private = os.path.join(directory, f".{os.getpid()}-{os.urandom(4).hex()}")
+    s = _unix_socket(_socket.SOCK_STREAM)
+    try:
+        s.bind(private)
         try:
-            s.bind(path)
-        except OSError as exc:
-            s.close()
-            if exc.errno != 98:  # EADDRINUSE
-                raise
-            if _can_connect(path):
-                return None
-            os.unlink(path)
-            continue
-        os.chmod(path, 0o600)
-        s.listen(128)
-        return s
+            os.chmod(private, 0o600)
+            s.listen(128)
+            for _ in range(3):
+                try:
+                    os.link(private, path)
+                    return s
+                except FileExistsError:
+                    pass
+                state = _probe(path)
+                if state == _LIVE:
+                    s.close()
+                    return None
+                if state == _DEAD:
+                    _remove_dead_socket(path)
+        finally:
+            os.unlink(private)
+    except BaseException:
+        s.close()
+        raise
+    s.close()
     raise RuntimeError(f"cannot bind {path}")
 
 
@@ -344,6 +410,7 @@ def cmd_start(flags: Flags) -> int:
         _write_atomic("address", address)
         env = dict(os.environ)
         env.setdefault(TTRPC_ADDRESS_ENV, flags.address + ".ttrpc" if flags.address else "")
+        env[SHIM_SOCKET_ENV] = path
         pid: int | None = None
         if zygote.enabled(env):
             pid = zygote.request_shim(
@@ -540,16 +607,16 @@ async def _cleanup(flags: Flags, bundle: str) -> tuple[int, float]:
     finally:
         reaper.close()
     try:
-        mountlib.unmount_all(os.path.join(bundle, "rootfs"))
-    except OSError as exc:
+        mountlib.unmount_rootfs(os.path.join(bundle, "rootfs"))
+    except mountlib.MountError as exc:
         print(f"failed to cleanup rootfs mount: {exc}", file=sys.stderr)
     # The dead server's socket would otherwise stay behind.
     try:
         with open(os.path.join(bundle, "address")) as f:
             address = f.read().strip()
         path = address.removeprefix("unix://")
-        if path and not _can_connect(path):
-            os.unlink(path)
+        if path:
+            _remove_dead_socket(path)
     except OSError:
         pass
     pid = 0

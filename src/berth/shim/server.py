@@ -1,8 +1,13 @@
 """The long-running shim server: one asyncio loop serving the Task API.
 
 Owns process-wide setup (subreaper, signals, the shim log, the listening
-socket) and the shutdown sequence: stop serving, deliver queued events,
-remove the socket, exit.
+socket) and the shutdown sequence: remove the socket file, stop serving,
+deliver queued events, exit.
+
+The socket file is removed once, and while the server still listens: after
+that the path may be claimed by a new server of the same group (``start``
+replaces only sockets nobody listens on), so a second removal, or one after
+the listener closed, could take the path from a live server.
 
 Footprint notes: the server imports protobuf and the generated task/event
 modules once, keeps no thread pool unless a blocking call needs one (mounts),
@@ -20,7 +25,7 @@ import socket
 import stat
 import sys
 
-from berth.shim.main import TTRPC_ADDRESS_ENV, Flags, state_dir
+from berth.shim.main import SHIM_SOCKET_ENV, TTRPC_ADDRESS_ENV, Flags, state_dir
 
 __all__ = ["serve"]
 
@@ -55,7 +60,7 @@ def serve(flags: Flags, *, sock: socket.socket | None = None) -> int:
 
 
 def _remove_socket(path: str) -> None:
-    """Unlink the shim's socket file; removed before Shutdown is answered, as Go's shim does."""
+    """Unlink the shim's socket file (see the module notes for when)."""
     if path:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -77,8 +82,13 @@ async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
 
     listen_path = ""
 
-    def on_shutdown() -> None:
+    def unpublish() -> None:
+        nonlocal listen_path
         _remove_socket(listen_path)
+        listen_path = ""
+
+    def on_shutdown() -> None:
+        unpublish()
         stop.set()
 
     ttrpc_address = os.environ.get(TTRPC_ADDRESS_ENV) or (
@@ -101,19 +111,20 @@ async def _serve(flags: Flags, sock: socket.socket | None = None) -> int:
         if sock is None:
             sock = socket.socket(fileno=3)
         sock.setblocking(False)
-        # Remember the path now: the caller may delete the bundle (and its
-        # address file) as soon as Shutdown is answered.
-        name = sock.getsockname()
+        # ``start`` published the socket under another name than its own
+        # and says which; the environment is passed on to runc, so it goes.
+        name = os.environ.pop(SHIM_SOCKET_ENV, "") or sock.getsockname()
         listen_path = name if isinstance(name, str) and not name.startswith("\0") else ""
         await server.start(sock=sock)
     log.debug("serving shim api, pid %d", os.getpid())
 
     await stop.wait()
 
+    # Still listening (a signal may have stopped us): nobody can have taken
+    # the path over yet.
+    unpublish()
     await server.shutdown(timeout=2.0)
     service.close()
     await publisher.close(SHUTDOWN_FLUSH_TIMEOUT)
-    # The listening socket came from `start`; its file is ours to remove.
-    _remove_socket(listen_path)
     reaper.close()
     return 0

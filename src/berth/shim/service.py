@@ -29,7 +29,7 @@ from berth.api.types.task import task_pb2
 from berth.shim import stats
 from berth.shim.container import CheckpointConfig, Container, Process, RuntimeOptions
 from berth.shim.events import Publisher, pack_any, timestamp
-from berth.shim.mount import MountSpec
+from berth.shim.mount import Mount
 from berth.shim.oom import OOMWatcher
 from berth.shim.reaper import Exit, Reaper
 from berth.shim.stdio import StdioConfig
@@ -190,7 +190,7 @@ class TaskService:
             options=options,
             state_dir=self.state_dir,
             stdio=StdioConfig(r.stdin, r.stdout, r.stderr, r.terminal),
-            rootfs_mounts=[MountSpec(m.type, m.source, tuple(m.options)) for m in r.rootfs],
+            rootfs_mounts=[Mount(m.type, m.source, list(m.options)) for m in r.rootfs],
             checkpoint=r.checkpoint,
             parent_checkpoint=r.parent_checkpoint,
         )

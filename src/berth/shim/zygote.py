@@ -98,8 +98,10 @@ MESSAGE_MAX = 1 << 18
 TITLE_ROOM = 512
 SOCKET_PATH_MAX = 107
 DEFAULT_STATE_DIR = "/run/berth"
-# Bumped whenever the request or reply format changes.
-PROTOCOL = "2"
+# Bumped whenever the request or reply format changes, or what a forked
+# server expects of its request (3: the published socket path arrives in
+# the environment, see berth.shim.main._listen).
+PROTOCOL = "3"
 ENV_PREFIX = "env:"
 
 
