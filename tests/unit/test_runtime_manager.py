@@ -26,6 +26,7 @@ from berth.core import events
 from berth.core.metadata.containers import AnyValue
 from berth.core.mount import Mount
 from berth.core.runtime import IO, CreateOpts, ManagerConfig, Status, TaskManager
+from berth.core.runtime import binary as binary_mod
 from berth.ttrpc import CallContext, Server
 from tests.support.daemon import short_tmpdir
 
@@ -92,7 +93,7 @@ printf '%s\\n' "$*" >> {log}
 printf 'cwd=%s ttrpc=%s\\n' "$PWD" "$TTRPC_ADDRESS" >> {log}
 for last; do :; done
 case "$last" in
-  start) cat > {stdin}; [ -e {fail} ] && {{ echo "shim broke"; exit 1; }}; printf 'unix://{sock}' > address; cat address ;;
+  start) cat > {stdin}; [ -e {fail} ] && {{ echo "shim broke"; exit 1; }}; printf 'unix://{sock}' > address; cat address; if [ -e {slow} ]; then exec sleep 30; fi ;;
   delete) cat {delete_response} ;;
 esac
 """
@@ -105,6 +106,7 @@ class Env:
         self.log = base / "calls.log"
         self.stdin = base / "stdin.bin"
         self.fail = base / "fail-start"
+        self.slow = base / "slow-start"
         self.delete_response = base / "delete.bin"
         self.delete_response.write_bytes(
             api.DeleteResponse(pid=4242, exit_status=137).SerializeToString()
@@ -115,6 +117,7 @@ class Env:
                 log=self.log,
                 stdin=self.stdin,
                 fail=self.fail,
+                slow=self.slow,
                 sock=self.sock,
                 delete_response=self.delete_response,
             )
@@ -261,6 +264,25 @@ async def test_failed_start_reports_shim_output_and_leaves_nothing(served: Env) 
         await m.create("ns", "t1", served.opts())
     assert not served.bundle().exists()
     assert not (served.base / "root" / "ns" / "t1").exists()
+    await m.close()
+
+
+@with_shim
+async def test_a_shim_left_serving_by_a_start_that_timed_out_is_shut_down(
+    served: Env,
+) -> None:
+    """The shim is up (it wrote its address) but ``start`` never finished:
+    the undo must still tell that shim to go, or it would serve nothing for ever."""
+    served.slow.touch()
+    m = served.manager()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(binary_mod, "START_TIMEOUT", 0.5)
+        with pytest.raises(errdefs.DeadlineExceeded, match="did not start"):
+            await m.create("ns", "t1", served.opts())
+    assert "Shutdown" in served.fake.names()
+    assert "Create" not in served.fake.names()
+    assert not served.bundle().exists()
+    assert m.list("ns") == []
     await m.close()
 
 

@@ -401,6 +401,8 @@ class TaskManager:
             if task is not None:
                 with contextlib.suppress(errdefs.BerthError):
                     await task.shutdown()
+            else:
+                await self._shutdown_unreached(bundle, binary)
         if shim_log is not None:
             shim_log.close()
         try:
@@ -409,6 +411,32 @@ class TaskManager:
             log.error(
                 "failed to remove bundle", extra={"fields": {"id": bundle.id, "error": str(exc)}}
             )
+
+    async def _shutdown_unreached(self, bundle: Bundle, binary: ShimBinary) -> None:
+        """Ask a shim we never reached to go, if it wrote its address.
+
+        ``start`` can leave a shim serving although the create failed before
+        we connected (``start`` timed out, or the connection failed); nothing
+        else would ever tell it to exit. A shim serving other tasks (a
+        group's) ignores the request.
+        """
+        try:
+            address = await asyncio.to_thread(bundle.read_address)
+            client = await Client.connect(address, timeout=self.config.cleanup_timeout)
+        except (errdefs.BerthError, OSError):
+            return  # it wrote no address, or nothing listens there: gone
+        stray = ShimTask(bundle, client, binary)
+        stray.closing = True
+        try:
+            async with asyncio.timeout(self.config.cleanup_timeout):
+                await stray.shutdown()
+        except (errdefs.BerthError, TimeoutError) as exc:
+            log.warning(
+                "failed to shut down a shim after a failed create",
+                extra={"fields": {"id": bundle.id, "address": address, "error": str(exc)}},
+            )
+        finally:
+            await stray.close()
 
     # -- exits ---------------------------------------------------------------------
 
