@@ -1,11 +1,17 @@
 """Pure parts of the shim: flags, addresses, cgroups, runc
-logs, runtime options, metrics from a cgroup tree, the reaper, the publisher."""
+logs, runtime options, metrics from a cgroup tree, the reaper, the publisher,
+and how ``start`` publishes its socket and cleans up after a failure."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -277,3 +283,67 @@ def test_events_use_containerd_type_urls_and_topics() -> None:
     assert topic_of(events.TaskExecStarted()) == "/tasks/exec-started"
     with pytest.raises(ValueError):
         topic_of(empty_pb2.Empty())
+
+
+def test_a_failed_start_kills_only_the_processes_holding_its_unpublished_socket() -> None:
+    # What start does when the zygote failed without telling it a pid: every
+    # holder of its listening socket but itself and the zygote is a server
+    # launched on it. A process without the socket is never touched.
+    d = tempfile.mkdtemp(prefix="b.", dir="/tmp")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sock, private = shim_main._listen_private(os.path.join(d, "group"))
+    procs = []
+    try:
+        os.unlink(private)
+        server = subprocess.Popen(sleeper, pass_fds=[sock.fileno()])
+        zygote = subprocess.Popen(sleeper, pass_fds=[sock.fileno()])
+        bystander = subprocess.Popen(sleeper)
+        procs = [server, zygote, bystander]
+        shim_main._kill_unpublished_servers(sock, spare=zygote.pid)
+        assert server.wait(10) == -signal.SIGKILL
+        assert zygote.poll() is None and bystander.poll() is None
+        # Told one pid, it kills that one only if it holds the socket.
+        shim_main._kill_unpublished_servers(sock, only=bystander.pid)
+        assert bystander.poll() is None
+        shim_main._kill_unpublished_servers(sock, only=zygote.pid)
+        assert zygote.wait(10) == -signal.SIGKILL
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        sock.close()
+        os.rmdir(d)
+
+
+def test_publish_leaves_a_live_groups_socket_alone() -> None:
+    # A start that launched its server but lost the group's path to another
+    # start's server joins that one (and kills its own, unreached).
+    d = tempfile.mkdtemp(prefix="b.", dir="/tmp")
+    path = os.path.join(d, "s", "group")
+    winner = shim_main._listen(path)
+    assert winner is not None
+    sock, private = shim_main._listen_private(path)
+    try:
+        assert shim_main._publish(private, path) is False
+        assert shim_main._probe(path) == "live"
+        winner.close()  # now dead: the next publish replaces it
+        assert shim_main._publish(private, path) is True
+        assert os.path.samefile(private, path)
+    finally:
+        winner.close()
+        sock.close()
+        shutil.rmtree(d)
+
+
+def test_the_zygote_to_spare_is_found_by_its_sockets_peer_credentials() -> None:
+    d = tempfile.mkdtemp(prefix="b.", dir="/tmp")
+    path = os.path.join(d, "zygote")
+    try:
+        assert shim_main._listener_pid(path) is None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            assert shim_main._listener_pid(path) == os.getpid()
+    finally:
+        shutil.rmtree(d)

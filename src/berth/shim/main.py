@@ -7,15 +7,19 @@ it (``runtime/v2/shim``):
   ``-publish-binary``, ``-id``, ``-bundle``, ``-socket``, ``-debug``, ``-v``;
   then an action;
 * ``start`` (cwd is the bundle; runtime options may arrive on stdin as a
-  serialized ``Any``): claim the shim socket (atomically, see ``_listen``),
-  write the bundle's ``address`` file, have the long-running server forked
-  by the daemon's zygote (:mod:`berth.shim.zygote`, started on first use)
-  or, failing that, spawn it in its own session with the listening socket
-  as fd 3; print ``unix://...`` and exit. Containers whose spec carries the
-  ``io.containerd.runc.v2.group`` (or CRI sandbox) annotation share one
-  server; so do those started with the same ``BERTH_SHIM_GROUP`` in the
-  environment (berthd's ``shim_group`` setting), which lets the daemon group
-  containers without writing to their specs;
+  serialized ``Any``): listen on a socket under a private name, write the
+  bundle's ``address`` file, have the long-running server forked by the
+  daemon's zygote (:mod:`berth.shim.zygote`, started on first use) or,
+  failing that, spawn it in its own session with the listening socket as
+  fd 3, put it in ``ShimCgroup``, and only then publish the socket at the
+  shim address (atomically, see ``_publish``); print ``unix://...`` and
+  exit. A start that fails after launching its server kills it, as the Go
+  shim does: unpublished, it cannot serve anyone else. Containers whose
+  spec carries the ``io.containerd.runc.v2.group`` (or CRI sandbox)
+  annotation share one server; so do those started with the same
+  ``BERTH_SHIM_GROUP`` in the environment (berthd's ``shim_group``
+  setting), which lets the daemon group containers without writing to
+  their specs;
 * ``delete``: clean up after a dead server (``runc delete --force``, unmount
   the rootfs) and print a ``DeleteResponse`` (exit status 128+SIGKILL);
 * no action: serve ``containerd.task.v2.Task`` on fd 3 (or ``-socket``);
@@ -285,19 +289,30 @@ def _listen(path: str) -> Socket | None:
     """A listening socket published at ``path``; None when a live server
     already owns it (grouping: the caller joins that server).
 
-    The socket is bound under a private name and listens before it is
-    hard-linked to ``path`` (``link`` fails if the name exists), so a socket
-    file at ``path`` is always either served or dead, never bound but not yet
-    listening. Binding ``path`` directly left that window open: a concurrent
-    ``start`` of the same group was refused, took the socket for a dead one,
-    replaced it with its own, and the first server, listening under a name
-    nobody could reach, never received a ``Shutdown`` (nor its zygote an
-    idle moment). Raises OSError, or RuntimeError if the path keeps changing.
+    :func:`_listen_private` then :func:`_publish`; ``start`` runs the two
+    steps apart, with the server's launch between them. Raises OSError, or
+    RuntimeError if the path keeps changing.
     """
-    import _socket
-
     if _probe(path) == _LIVE:
         return None
+    s, private = _listen_private(path)
+    try:
+        if _publish(private, path):
+            return s
+    except BaseException:
+        s.close()
+        raise
+    finally:
+        os.unlink(private)
+    s.close()
+    return None
+
+
+def _listen_private(path: str) -> tuple[Socket, str]:
+    """A socket listening under a private name beside ``path``: the socket
+    and that name. Raises OSError."""
+    import _socket
+
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o711, exist_ok=True)
     # Shorter than ``path`` itself (a hash), so within the socket path limit.
@@ -308,24 +323,40 @@ def _listen(path: str) -> Socket | None:
         try:
             os.chmod(private, 0o600)
             s.listen(128)
-            for _ in range(3):
-                try:
-                    os.link(private, path)
-                    return s
-                except FileExistsError:
-                    pass
-                state = _probe(path)
-                if state == _LIVE:
-                    s.close()
-                    return None
-                if state == _DEAD:
-                    _remove_dead_socket(path)
-        finally:
+        except BaseException:
             os.unlink(private)
+            raise
     except BaseException:
         s.close()
         raise
-    s.close()
+    return s, private
+
+
+def _publish(private: str, path: str) -> bool:
+    """Hard-link the listening socket file ``private`` to ``path``: True
+    once linked, False when a live server owns ``path`` (the caller leaves
+    ``private`` for its own cleanup).
+
+    Binding under a private name and publishing only a socket that already
+    listens (``link`` fails if the name exists) means a socket file at
+    ``path`` is always either served or dead, never bound but not yet
+    listening. Binding ``path`` directly left that window open: a concurrent
+    ``start`` of the same group was refused, took the socket for a dead one,
+    replaced it with its own, and the first server, listening under a name
+    nobody could reach, never received a ``Shutdown`` (nor its zygote an
+    idle moment). Raises OSError, or RuntimeError if the path keeps changing.
+    """
+    for _ in range(3):
+        try:
+            os.link(private, path)
+            return True
+        except FileExistsError:
+            pass
+        state = _probe(path)
+        if state == _LIVE:
+            return False
+        if state == _DEAD:
+            _remove_dead_socket(path)
     raise RuntimeError(f"cannot bind {path}")
 
 
@@ -399,47 +430,145 @@ def cmd_start(flags: Flags) -> int:
     shim_cgroup = shim_cgroup_option(_read_stdin_options())
     address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
     path = address.removeprefix("unix://")
-    sock = _listen(path)
-    if sock is None:
+    if _probe(path) != _LIVE:
+        # The server is launched on a socket nobody else knows of, and the
+        # socket is published at the group's path only once nothing can fail
+        # any more. So a start that fails after launching its server may
+        # kill it: no other start can have joined it.
+        sock, private = _listen_private(path)
+        pid: int | None = None
+        spawned = False
+        try:
+            _write_atomic("address", address)
+            env = dict(os.environ)
+            env.setdefault(TTRPC_ADDRESS_ENV, flags.address + ".ttrpc" if flags.address else "")
+            env[SHIM_SOCKET_ENV] = path
+            if zygote.enabled(env):
+                zpath = zygote.zygote_path(flags.address, state_dir(flags.address))
+                try:
+                    pid = zygote.request_shim(
+                        path=zpath,
+                        zygote_argv=zygote.zygote_argv(_self_argv(), flags.address),
+                        listener=sock,
+                        namespace=flags.namespace,
+                        id=flags.id,
+                        address=flags.address,
+                        publish_binary=flags.publish_binary,
+                        debug=flags.debug,
+                        bundle=os.getcwd(),
+                        env=env,
+                    )
+                except zygote.ZygoteError:
+                    # It may have forked the server before failing.
+                    _kill_unpublished_servers(sock, spare=_listener_pid(zpath))
+                    raise
+            if pid is None:
+                pid = _spawn_server(flags, sock, env)
+                spawned = True
+            if shim_cgroup:
+                _join_cgroup(shim_cgroup, pid)
+            if not _publish(private, path):
+                # A concurrent start of the group published first: ours is
+                # unreachable, so it goes and this task joins that server.
+                _kill_server(sock, pid, spawned)
+        except BaseException:
+            if pid is not None:
+                _kill_server(sock, pid, spawned)
+            raise
+        finally:
+            try:
+                os.unlink(private)
+            except OSError:
+                pass
+            sock.close()
+    else:
         # Grouping: a live shim already serves this group.
         _write_atomic("address", address)
-        sys.stdout.write(address)
-        sys.stdout.flush()
-        return 0
-    try:
-        _write_atomic("address", address)
-        env = dict(os.environ)
-        env.setdefault(TTRPC_ADDRESS_ENV, flags.address + ".ttrpc" if flags.address else "")
-        env[SHIM_SOCKET_ENV] = path
-        pid: int | None = None
-        if zygote.enabled(env):
-            pid = zygote.request_shim(
-                path=zygote.zygote_path(flags.address, state_dir(flags.address)),
-                zygote_argv=zygote.zygote_argv(_self_argv(), flags.address),
-                listener=sock,
-                namespace=flags.namespace,
-                id=flags.id,
-                address=flags.address,
-                publish_binary=flags.publish_binary,
-                debug=flags.debug,
-                bundle=os.getcwd(),
-                env=env,
-            )
-        if pid is None:
-            pid = _spawn_server(flags, sock, env)
-    except BaseException:
-        sock.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    sock.close()
-    if shim_cgroup:
-        _join_cgroup(shim_cgroup, pid)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
+
+
+def _kill_server(sock: Socket, pid: int, spawned: bool) -> None:
+    """SIGKILL the unpublished server ``pid`` serving ``sock`` and, if it is
+    our own child, reap it. SIGKILL, not SIGTERM: a server that stops
+    cleanly removes the group's socket file, which may by now be another
+    server's. A zygote's child is killed only while it still holds ``sock``
+    (the zygote reaps it, so its pid could already name another process)."""
+    import signal
+
+    if spawned:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    else:
+        _kill_unpublished_servers(sock, only=pid)
+
+
+def _kill_unpublished_servers(
+    sock: Socket, *, only: int | None = None, spare: int | None = None
+) -> None:
+    """SIGKILL every process but us (and ``spare``) that holds ``sock``, our
+    listening socket that was never published, so every holder is a server
+    launched on it (or one of its short-lived children). ``only`` limits
+    the search to one pid; without it, all of /proc is searched (a failure
+    path only). Never raises."""
+    import signal
+
+    try:
+        target = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+        pids = [only] if only is not None else [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return
+    me = os.getpid()
+    for pid in pids:
+        if pid in (me, spare):
+            continue
+        try:
+            # Through a pidfd: if the pid was reused after the check, the
+            # signal cannot reach the newcomer (the pidfd's process is gone).
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if _holds(pid, target):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+
+
+def _holds(pid: int, target: str) -> bool:
+    """Whether process ``pid`` has a descriptor open on ``target``
+    (``/proc/PID/fd`` link text). Raises OSError if it cannot tell."""
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, name)) == target:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
+def _listener_pid(path: str) -> int | None:
+    """The pid of the process listening on the unix socket ``path`` (the
+    zygote), from the peer credentials of a connection; None if none."""
+    import _socket
+
+    s = _unix_socket(_socket.SOCK_SEQPACKET)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        creds = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return int.from_bytes(creds[:4], sys.byteorder) or None
 
 
 def _spawn_server(flags: Flags, sock: Socket, env: dict[str, str]) -> int:

@@ -2,8 +2,10 @@
 
 Owns the translation between the shim API's messages and
 :mod:`berth.shim.container`, the error wording containerd's runc shim uses
-for requests about unknown containers and processes, event publication, and
-routing process exits from the reaper to the processes they belong to.
+for requests about unknown containers and processes, event publication,
+routing process exits from the reaper to the processes they belong to, and
+when a ``Shutdown`` is accepted (never while a container is served or being
+created; after it, ``Create`` is refused as Unavailable).
 
 Event order is part of the contract: TaskCreate before TaskStart before
 TaskExit for a process, TaskExecAdded before TaskExecStarted. Exits that race
@@ -105,6 +107,10 @@ class TaskService:
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         self._on_shutdown = on_shutdown
+        # Set once a Shutdown is accepted: the server is about to exit, so a
+        # Create that still reaches it (on a connection opened before) would
+        # start a container nobody could manage.
+        self._shutting_down = False
         self.oom = OOMWatcher(self._oom)
         reaper.set_handler(self.on_exit)
 
@@ -175,6 +181,10 @@ class TaskService:
         return resp
 
     async def Create(self, ctx: CallContext, r: api.CreateTaskRequest) -> api.CreateTaskResponse:
+        if self._shutting_down:
+            # Unavailable, as a call to a shim that has gone is: the caller
+            # may start a new server and try again there.
+            raise errdefs.Unavailable("shim is shutting down")
         if not r.id:
             raise errdefs.InvalidArgument("id must not be empty")
         if not r.bundle or not os.path.isabs(r.bundle):
@@ -359,8 +369,9 @@ class TaskService:
         )
 
     async def Shutdown(self, ctx: CallContext, r: api.ShutdownRequest) -> empty_pb2.Empty:
-        if self.containers or self._creating:
+        if self.containers or self._creating or self._shutting_down:
             return _EMPTY
+        self._shutting_down = True
         # Answer first; the server stops right after.
         asyncio.get_running_loop().call_soon(self._on_shutdown)
         return _EMPTY
