@@ -20,25 +20,12 @@ from tests.support.oci_bundle import (
     short_dir,
     spec,
 )
+from tests.support.procs import processes_mentioning
 
 pytestmark = pytest.mark.integration
 
 CYCLES = 200
 PARALLEL = 4
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def _zombie_children() -> list[int]:
@@ -133,9 +120,9 @@ def test_two_hundred_lifecycles_leak_nothing() -> None:
         elapsed = time.monotonic() - started
         # Shims exit asynchronously after Shutdown answers.
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _processes_mentioning(str(base)):
+        while time.monotonic() < deadline and processes_mentioning(str(base)):
             time.sleep(0.05)
-        assert _processes_mentioning(str(base)) == []
+        assert processes_mentioning(str(base)) == []
         assert _zombie_children() == []
         assert _special_files(base) == [f"{base}/d.sock.ttrpc"] or _special_files(base) == []
         assert not list((base / "s").iterdir())

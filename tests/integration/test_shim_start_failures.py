@@ -22,6 +22,7 @@ from berth.shim import zygote
 from berth.shim.main import socket_address
 from berth.ttrpc import Client, ServiceStub
 from tests.support.oci_bundle import SHIM_BINARY, TASK_SERVICE, cleanup_base, short_dir
+from tests.support.procs import processes_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +34,6 @@ def _options(shim_cgroup: str) -> bytes:
     return any_pb2.Any(
         type_url="containerd.runc.v1.Options", value=opts.SerializeToString()
     ).SerializeToString()
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def _wait(cond: Any, timeout: float = 15.0) -> bool:
@@ -64,7 +53,7 @@ def base() -> Iterator[Path]:
     finally:
         # Whatever a failing test left running is ours (its command line
         # names this directory): end it by pid before removing the files.
-        for pid in _processes_mentioning(str(d)):
+        for pid in processes_mentioning(str(d)):
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
@@ -111,8 +100,8 @@ def test_start_kills_the_server_it_launched_when_joining_the_cgroup_fails(
     assert not os.path.exists(path)
     # Neither the server nor (its last child gone, lingering 0 s) the zygote
     # is left: each names the daemon address under ``base`` on its command line.
-    assert _wait(lambda: not _processes_mentioning(str(base))), [
-        Path(f"/proc/{p}/cmdline").read_bytes() for p in _processes_mentioning(str(base))
+    assert _wait(lambda: not processes_mentioning(str(base))), [
+        Path(f"/proc/{p}/cmdline").read_bytes() for p in processes_mentioning(str(base))
     ]
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")]
 
@@ -121,5 +110,5 @@ def test_start_kills_the_server_it_launched_when_joining_the_cgroup_fails(
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.decode() == "unix://" + path
     asyncio.run(_shut_down(path))
-    assert _wait(lambda: not _processes_mentioning(str(base)))
+    assert _wait(lambda: not processes_mentioning(str(base)))
     assert not os.path.exists(path)

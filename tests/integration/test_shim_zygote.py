@@ -30,6 +30,7 @@ from tests.support.oci_bundle import (
     short_dir,
     spec,
 )
+from tests.support.procs import processes_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -74,18 +75,6 @@ def _read_until(fd: int, want: bytes, timeout: float = 10.0) -> bytes:
             time.sleep(0.01)
         data += chunk
     return data
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 class Env:
@@ -133,7 +122,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         yield e
     finally:
         # Everything under test exits by itself; wait for it, then clean.
-        _wait(lambda: not _processes_mentioning(str(base)))
+        _wait(lambda: not processes_mentioning(str(base)))
         cleanup_base(base)
 
 
@@ -320,7 +309,7 @@ def test_lifecycles_through_the_zygote_leak_nothing(env: Env) -> None:
         # Forked, not spawned, and all by one zygote (it never went idle).
         assert len(parents) == cycles and 0 not in parents
         assert len(set(parents)) == 1
-        assert _wait(lambda: not _processes_mentioning(str(env.base)))
+        assert _wait(lambda: not processes_mentioning(str(env.base)))
         base = env.base
         specials = []
         for dirpath, _, files in os.walk(base):
