@@ -33,6 +33,41 @@ from berth.services.server import lease_from, namespace, timestamp
 
 LIST_BATCH = 100
 READ_CHUNK = 1 << 20
+#: Blobs up to this size are kept in memory once read (see _SmallBlobs).
+SMALL_BLOB = 64 << 10
+SMALL_BLOBS_TOTAL = 2 << 20
+
+
+class _SmallBlobs:
+    """Recently read small blobs (indexes, manifests, configs), by digest.
+
+    ``ctr run`` reads the same three or four small blobs on every run, each
+    read a thread hand-off that costs more than the read. Content is named
+    by its digest, so cached bytes can never be stale; whether a namespace
+    may read them is still asked of the metadata store on every request,
+    so a deleted blob is NotFound at once. Bounded by ``SMALL_BLOBS_TOTAL``
+    bytes, least recently used out first.
+    """
+
+    def __init__(self, limit: int = SMALL_BLOBS_TOTAL) -> None:
+        self._limit = limit
+        self._size = 0
+        self._blobs: dict[str, bytes] = {}
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._blobs.pop(digest, None)
+        if data is not None:
+            self._blobs[digest] = data  # most recent last
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > SMALL_BLOB or digest in self._blobs:
+            return
+        self._blobs[digest] = data
+        self._size += len(data)
+        while self._size > self._limit:
+            oldest = next(iter(self._blobs))
+            self._size -= len(self._blobs.pop(oldest))
 
 
 def _ts(t: datetime) -> timestamp_pb2.Timestamp:
@@ -72,6 +107,7 @@ class ContentService(pb_grpc.ContentServicer):
     def __init__(self, md: Metadata) -> None:
         self.md = md
         self.store: ContentStore = md.require_content()
+        self._small = _SmallBlobs()
 
     def add_to_server(self, server: Any) -> None:
         pb_grpc.add_ContentServicer_to_server(self, server)
@@ -117,8 +153,17 @@ class ContentService(pb_grpc.ContentServicer):
         ns = namespace(context)
         d = _digest(request.digest, "{d}: {err}")
         offset = max(request.offset, 0)
+        cached = self._small.get(str(d))
+        if cached is not None:
+            info = await self.md.query(lambda: self.store.info(ns, d))  # access check
+            if offset > info.size:
+                raise errdefs.OutOfRange(f"read past object length {info.size} bytes")
+            end = info.size if request.size <= 0 else min(info.size, offset + request.size)
+            if offset < end:
+                yield pb.ReadContentResponse(offset=offset, data=cached[offset:end])
+            return
 
-        def open_and_read_first() -> tuple[ReaderAt, int, bytes]:
+        def open_and_read_first() -> tuple[ReaderAt, int, bytes, bytes | None]:
             # One hand-off to a thread for the lookup, the open and the first
             # chunk: most reads (manifests, configs) are a single chunk, and
             # each hand-off costs more than the work itself.
@@ -130,14 +175,26 @@ class ContentService(pb_grpc.ContentServicer):
                 size = info.size - offset
             end = offset + size
             ra = self.store.reader_at(ns, d)
+            whole = None
             try:
-                first = ra.read_at(offset, min(READ_CHUNK, size)) if size > 0 else b""
+                if info.size <= SMALL_BLOB:
+                    whole = ra.read_at(0, info.size)
+                    first = whole[offset:end]
+                    if len(whole) != info.size:
+                        whole = None  # short: serve what was read, keep nothing
+                else:
+                    first = ra.read_at(offset, min(READ_CHUNK, size)) if size > 0 else b""
             except BaseException:
                 ra.close()
                 raise
-            return ra, end, first
+            return ra, end, first, whole
 
-        ra, end, data = await self.md.run(open_and_read_first)
+        ra, end, data, whole = await self.md.run(open_and_read_first)
+        if whole is not None:
+            # Verified against its digest when it was committed; put here, on
+            # the loop thread, because the cache has no lock.
+            self._small.put(str(d), whole)
+
         try:
             pos = offset
             while data:
