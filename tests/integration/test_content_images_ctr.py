@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Berthd, running_berthd, short_tmpdir
+from tests.support.daemon import Berthd, running_berthd
 from tests.support.fixtures import PushedImage
 from tests.support.imagebuilder import Image, write_oci_layout
 from tests.support.registry import Registry
@@ -126,9 +126,11 @@ def test_ctr_content_ingest_wrong_digest_commits_nothing(manual_gc_berthd: Berth
     assert "wrong-digest" in d.ctr("content", "active").stdout
 
 
-def test_ctr_images_import_ls_export_rm_frees_blobs(berthd: Berthd, busybox_image: Image) -> None:
+def test_ctr_images_import_ls_export_rm_frees_blobs(
+    berthd: Berthd, busybox_image: Image, tmp_path: Path
+) -> None:
     d = berthd
-    work = short_tmpdir()
+    work = tmp_path
     name = "docker.io/library/berth-import:1"
     layout = write_oci_layout(work / "in.tar", busybox_image, image_name=name)
     d.ctr("images", "import", "--no-unpack", str(layout))
