@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google.protobuf import any_pb2
@@ -22,7 +20,7 @@ from berth.shim import zygote
 from berth.shim.main import socket_address
 from berth.ttrpc import Client, ServiceStub
 from tests.support.oci_bundle import SHIM_BINARY, TASK_SERVICE, cleanup_base, short_dir
-from tests.support.procs import processes_mentioning
+from tests.support.procs import processes_mentioning, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +32,6 @@ def _options(shim_cgroup: str) -> bytes:
     return any_pb2.Any(
         type_url="containerd.runc.v1.Options", value=opts.SerializeToString()
     ).SerializeToString()
-
-
-def _wait(cond: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 @pytest.fixture
@@ -100,7 +89,7 @@ def test_start_kills_the_server_it_launched_when_joining_the_cgroup_fails(
     assert not os.path.exists(path)
     # Neither the server nor (its last child gone, lingering 0 s) the zygote
     # is left: each names the daemon address under ``base`` on its command line.
-    assert _wait(lambda: not processes_mentioning(str(base))), [
+    assert wait_until(lambda: not processes_mentioning(str(base))), [
         Path(f"/proc/{p}/cmdline").read_bytes() for p in processes_mentioning(str(base))
     ]
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")]
@@ -110,5 +99,5 @@ def test_start_kills_the_server_it_launched_when_joining_the_cgroup_fails(
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.decode() == "unix://" + path
     asyncio.run(_shut_down(path))
-    assert _wait(lambda: not processes_mentioning(str(base)))
+    assert wait_until(lambda: not processes_mentioning(str(base)))
     assert not os.path.exists(path)

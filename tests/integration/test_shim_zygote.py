@@ -30,7 +30,7 @@ from tests.support.oci_bundle import (
     short_dir,
     spec,
 )
-from tests.support.procs import processes_mentioning
+from tests.support.procs import processes_mentioning, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +51,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return fields[0] != "Z"
-
-
-def _wait(cond: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 def _read_until(fd: int, want: bytes, timeout: float = 10.0) -> bytes:
@@ -122,7 +113,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         yield e
     finally:
         # Everything under test exits by itself; wait for it, then clean.
-        _wait(lambda: not processes_mentioning(str(base)))
+        wait_until(lambda: not processes_mentioning(str(base)))
         cleanup_base(base)
 
 
@@ -188,7 +179,7 @@ def test_forked_shim_runs_execs_and_reports_exits(env: Env) -> None:
             "/tasks/exit",
             "/tasks/delete",
         ]
-        assert _wait(lambda: not _alive(shim_pid))
+        assert wait_until(lambda: not _alive(shim_pid))
         os.close(reader)
         os.close(ereader)
 
@@ -210,7 +201,7 @@ def test_one_zygote_serves_every_start_then_leaves_when_idle(env: Env) -> None:
         for n, (task, _) in enumerate(started):
             await env.finish(task, f"r{n}")
         # The last shim gone, it lingers, then exits and removes its socket.
-        assert await asyncio.to_thread(_wait, lambda: not _alive(zpid))
+        assert await asyncio.to_thread(wait_until, lambda: not _alive(zpid))
         assert not os.path.exists(env.zygote_socket)
         assert not list((env.base / "s").iterdir())
 
@@ -224,7 +215,7 @@ def test_containers_survive_a_killed_zygote_and_a_new_one_takes_over(env: Env) -
         zpid = _ppid(shim_pid)
         # The zygote was started on our behalf by `start`: end it by its pid.
         os.kill(zpid, signal.SIGKILL)
-        assert await asyncio.to_thread(_wait, lambda: not _alive(zpid))
+        assert await asyncio.to_thread(wait_until, lambda: not _alive(zpid))
 
         state = await task.State(api.StateRequest(id="k1"))
         assert state.status == task_pb2.RUNNING and state.pid == init
@@ -245,7 +236,7 @@ def test_containers_survive_a_killed_zygote_and_a_new_one_takes_over(env: Env) -
         await env.finish(task2, "k2")
         await env.finish(task, "k1")
         await env.sink.wait_for("/tasks/delete", 2)
-        assert _wait(lambda: not _alive(shim_pid))
+        assert wait_until(lambda: not _alive(shim_pid))
 
     run(env, body)
 
@@ -309,7 +300,7 @@ def test_lifecycles_through_the_zygote_leak_nothing(env: Env) -> None:
         # Forked, not spawned, and all by one zygote (it never went idle).
         assert len(parents) == cycles and 0 not in parents
         assert len(set(parents)) == 1
-        assert _wait(lambda: not processes_mentioning(str(env.base)))
+        assert wait_until(lambda: not processes_mentioning(str(env.base)))
         base = env.base
         specials = []
         for dirpath, _, files in os.walk(base):

@@ -1,8 +1,11 @@
-"""Finding the processes a test started, by what their command lines name."""
+"""Finding the processes a test started, by what their command lines name,
+and waiting for them to go."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -24,3 +27,14 @@ def processes_mentioning(text: str) -> list[int]:
         if needle in cmdline:
             found.append(int(entry))
     return found
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 15.0) -> bool:
+    """Poll ``cond`` every 20 ms until it holds or ``timeout`` passes; its
+    last answer (a process takes a moment to go after it was told to)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return bool(cond())

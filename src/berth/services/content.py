@@ -95,6 +95,14 @@ def _status_to_pb(st: Status) -> pb.Status:
     )
 
 
+def _read_end(offset: int, size: int, total: int) -> int:
+    """Where a Read of ``size`` bytes (0 or less: all) from ``offset`` of a
+    ``total``-byte blob ends; OutOfRange past the end, as containerd says."""
+    if offset > total:
+        raise errdefs.OutOfRange(f"read past object length {total} bytes")
+    return total if size <= 0 else min(total, offset + size)
+
+
 def _digest(value: str, fmt: str) -> Digest:
     """Parse a request digest; InvalidArgument worded as ``fmt`` (``{d}``, ``{err}``)."""
     try:
@@ -156,9 +164,7 @@ class ContentService(pb_grpc.ContentServicer):
         cached = self._small.get(str(d))
         if cached is not None:
             info = await self.md.query(lambda: self.store.info(ns, d))  # access check
-            if offset > info.size:
-                raise errdefs.OutOfRange(f"read past object length {info.size} bytes")
-            end = info.size if request.size <= 0 else min(info.size, offset + request.size)
+            end = _read_end(offset, request.size, info.size)
             if offset < end:
                 yield pb.ReadContentResponse(offset=offset, data=cached[offset:end])
             return
@@ -168,12 +174,8 @@ class ContentService(pb_grpc.ContentServicer):
             # chunk: most reads (manifests, configs) are a single chunk, and
             # each hand-off costs more than the work itself.
             info = self.store.info(ns, d)
-            if offset > info.size:
-                raise errdefs.OutOfRange(f"read past object length {info.size} bytes")
-            size = request.size
-            if size <= 0 or offset + size > info.size:
-                size = info.size - offset
-            end = offset + size
+            end = _read_end(offset, request.size, info.size)
+            size = end - offset
             ra = self.store.reader_at(ns, d)
             whole = None
             try:
