@@ -142,3 +142,20 @@ def test_booted_daemon_has_no_heavy_module_loaded() -> None:
 
 def test_registry_client_loads_httpx_without_its_command_line_client() -> None:
     assert _run(_REMOTES_PROBE.format()) == {"httpx": True, "cli": []}
+
+
+# The image model without the layer codecs, as `berth run` reads a manifest
+# and a config; then the codecs through the package on first use.
+_IMAGES_PROBE = """
+import json, sys
+import berth.core.images as images
+codecs = ("berth.core.images.compression", "gzip", "zstandard", "isal")
+before = [m for m in codecs if m in sys.modules]
+layer = images.open_layer
+after = "berth.core.images.compression" in sys.modules
+print("@@" + json.dumps({{"before": before, "after": after, "same": layer is images.open_layer}}))
+"""
+
+
+def test_image_model_loads_layer_codecs_only_on_first_use() -> None:
+    assert _run(_IMAGES_PROBE.format()) == {"before": [], "after": True, "same": True}

@@ -11,14 +11,10 @@ Pure domain code over :mod:`berth.core.content`; no gRPC, no network.
 * :mod:`.walk` - following an image through a content store.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from berth.core.images import mediatypes
-from berth.core.images.compression import (
-    Compression,
-    ReaderAtStream,
-    detect_compression,
-    open_decompressed,
-    open_layer,
-)
 from berth.core.images.gclabels import (
     DISTRIBUTION_SOURCE_PREFIX,
     append_distribution_source,
@@ -64,6 +60,38 @@ from berth.core.images.walk import (
     store_children,
     walk,
 )
+
+if TYPE_CHECKING:
+    from berth.core.images.compression import (
+        Compression,
+        ReaderAtStream,
+        detect_compression,
+        open_decompressed,
+        open_layer,
+    )
+
+# Layer codecs load on first use: gzip, zstandard and isal cost the CLI ~9 ms
+# to import, and only pulls, unpacks and exports decompress anything.
+_LAZY = {
+    name: "compression"
+    for name in (
+        "Compression",
+        "ReaderAtStream",
+        "detect_compression",
+        "open_decompressed",
+        "open_layer",
+    )
+}
+
+
+def __getattr__(name: str) -> Any:
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ALL",
