@@ -24,8 +24,9 @@ in gRPC.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from berth import lazy
 
 if TYPE_CHECKING:
     from berth.client._async import (
@@ -215,13 +216,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'berth.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"berth.client.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.attributes(__name__, _HOMES, globals())
 
 
 def __dir__() -> list[str]:

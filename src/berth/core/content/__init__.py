@@ -7,9 +7,9 @@ the filesystem implementation (containerd's ``content/local`` layout), and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from berth import lazy
 from berth.core.content.digest import CANONICAL, Algorithm, Digest, Digester, parse_digest
 from berth.core.content.errors import OutOfRange, ShortRead
 from berth.core.content.model import Descriptor, Info, Status
@@ -43,14 +43,7 @@ _LAZY = {
     "LocalWriter": "local",
 }
 
-
-def __getattr__(name: str) -> Any:
-    sub = _LAZY.get(name)
-    if sub is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -11,9 +11,9 @@ Pure domain code over :mod:`berth.core.content`; no gRPC, no network.
 * :mod:`.walk` - following an image through a content store.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from berth import lazy
 from berth.core.images import mediatypes
 from berth.core.images.gclabels import (
     DISTRIBUTION_SOURCE_PREFIX,
@@ -83,14 +83,7 @@ _LAZY = {
     )
 }
 
-
-def __getattr__(name: str) -> Any:
-    sub = _LAZY.get(name)
-    if sub is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
