@@ -48,6 +48,25 @@ down. A per-group gate closes it: creates enter it together, while the
 alone, so a server never gets ``Shutdown`` between another task's ``start``
 and its ``Create``. Ungrouped tasks skip the gate.
 
+runc's state directory
+----------------------
+runc keeps a container's state under ``<root>/<namespace>/<id>``, where a
+runc shim takes ``<root>`` from the ``Root`` of the runtime options. Without
+one, containerd's Go shims fall back to ``/run/containerd/runc``: the very
+directory of a containerd on the same host, so the same id under both
+daemons would collide (the second ``runc create`` fails, and the failed
+create's ``runc delete --force`` kills the other daemon's container). Berth's
+own shim falls back to ``runc`` beside the daemon's socket instead. The
+manager gives Go shims that same directory (or the configured ``runc_root``)
+by filling in ``Root`` of the task's effective options before ``start``:
+absent options become runc ``Options`` for the runc shims
+(``containerd-shim-runc-v1``/``-v2``), runc ``Options`` with an empty
+``Root`` get it whatever the binary, an explicit ``Root`` and options of
+other types are left alone. The same options go on ``start``'s stdin and in
+``Create``; the Go shim records them in the bundle (``options.json``), so
+its ``delete`` at cleanup and restore looks in the same place. Berth's own
+shim gets nothing unless ``runc_root`` is set: it derives the default itself.
+
 Restore at boot
 ---------------
 For every ``<state>/<namespace>/<id>`` bundle: an empty one is removed; the
@@ -79,11 +98,12 @@ import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from berth import errdefs
 from berth.core import events
+from berth.core.metadata.containers import AnyValue
 from berth.core.runtime.binary import (
     ShimBinary,
     ShimLog,
@@ -100,11 +120,19 @@ from berth.core.runtime.shim import (
     now_ns,
     task_delete_event,
     task_exit_event,
+    with_runc_root,
 )
 from berth.core.runtime.types import CreateOpts, Exit, Status
 from berth.ttrpc import Client
 
-__all__ = ["NAMESPACE_GROUP", "SHIM_GROUPS", "ManagerConfig", "TaskManager"]
+__all__ = [
+    "NAMESPACE_GROUP",
+    "RUNC_SHIMS",
+    "SHIM_GROUPS",
+    "ManagerConfig",
+    "TaskManager",
+    "default_runc_root",
+]
 
 log = logging.getLogger("berth.runtime")
 
@@ -112,6 +140,8 @@ CLEANUP_TIMEOUT = 10.0
 SHIM_EXIT_TIMEOUT = 2.0
 EXIT_SEEN = "exit-seen"
 BERTH_SHIM = "containerd-shim-berth-v2"
+#: containerd's Go shims, which take runc ``Options`` (see the module notes).
+RUNC_SHIMS = ("containerd-shim-runc-v1", "containerd-shim-runc-v2")
 #: Values of ``ManagerConfig.shim_group``: one shim per container, or per namespace.
 SHIM_GROUPS = ("", "namespace")
 #: The group name a namespace's shared shim is started with. The '@' keeps it
@@ -121,6 +151,16 @@ NAMESPACE_GROUP = "@namespace"
 
 #: Finds a container's runtime name for restore: (namespace, id) -> name or None.
 RuntimeLookup = Callable[[str, str], str | None]
+
+
+def default_runc_root(address: str) -> str:
+    """runc's state directory when nothing names one: ``runc`` beside the daemon's socket.
+
+    The rule Berth's shim applies to the ``-address`` it is started with, so
+    tasks of every shim berthd runs share one directory.
+    """
+    path = os.path.abspath(address.removeprefix("unix://"))
+    return os.path.join(os.path.dirname(path), "runc")
 
 
 @dataclass
@@ -136,6 +176,8 @@ class ManagerConfig:
     shim_debug: bool = False
     #: "" (one shim per container) or "namespace" (see the module notes).
     shim_group: str = ""
+    #: runc's state directory for runc shims; "" for :func:`default_runc_root`.
+    runc_root: str = ""
     cleanup_timeout: float = CLEANUP_TIMEOUT
 
 
@@ -206,6 +248,8 @@ class TaskManager:
         self._closed = False
         if not config.publish_binary:
             config.publish_binary = default_publish_binary()
+        #: Where runc keeps the state of tasks whose options name no ``Root``.
+        self.runc_root = config.runc_root or default_runc_root(config.address)
 
     # -- lookups -------------------------------------------------------------------
 
@@ -242,6 +286,19 @@ class TaskManager:
         if self.config.shim_group == "namespace" and os.path.basename(path) == BERTH_SHIM:
             return NAMESPACE_GROUP
         return ""
+
+    def shim_options(self, path: str, options: AnyValue | None) -> AnyValue | None:
+        """The runtime options a task of shim binary ``path`` gets, given its own.
+
+        ``Root`` defaults to :attr:`runc_root` wherever a shim would otherwise
+        fall back to containerd's directory (see the module notes).
+        """
+        name = os.path.basename(path)
+        if name == BERTH_SHIM and not self.config.runc_root:
+            return options  # it arrives at the same directory on its own
+        if options is None and name not in RUNC_SHIMS and name != BERTH_SHIM:
+            return None  # nothing says this shim reads runc Options
+        return with_runc_root(options, self.runc_root)
 
     @contextlib.asynccontextmanager
     async def _in_group(
@@ -307,6 +364,9 @@ class TaskManager:
             raise type(exc)(
                 f"failed to start shim: failed to resolve runtime path: {exc}"
             ) from None
+        options = self.shim_options(path, opts.shim_options)
+        if options is not opts.shim_options:
+            opts = replace(opts, task_options=options)
 
         def make_bundle() -> Bundle:
             # The binary is recorded before it starts: a daemon that dies

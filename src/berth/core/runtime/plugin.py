@@ -9,6 +9,7 @@ surviving task.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,17 @@ class RuntimeConfig:
         " Other shims ignore this.",
         "",
     )
+    runc_root: str = doc(
+        "Directory under which runc keeps container state (<runc_root>/<namespace>/<id>)"
+        " for every shim that takes runc options, when the task's options name no Root."
+        " Empty means runc beside berthd's socket, where Berth's own shim puts it. containerd's"
+        " Go shim would otherwise use /run/containerd/runc, the directory of any containerd"
+        " on the host, so the same container id under both daemons would collide. Set"
+        " /run/containerd/runc only to let tools that look there (runc --root"
+        " /run/containerd/runc/<namespace> list) see berthd's containers; ids must then"
+        " not repeat across the two daemons.",
+        "",
+    )
 
     def validate(self, file: str, prefix: str) -> None:
         from berth.config import ConfigError
@@ -50,6 +62,10 @@ class RuntimeConfig:
         if self.shim_group not in SHIM_GROUPS:
             choices = " or ".join(repr(g) for g in SHIM_GROUPS)
             raise ConfigError(f"{file}: {prefix}.shim_group: {self.shim_group!r} must be {choices}")
+        if self.runc_root and not os.path.isabs(self.runc_root):
+            raise ConfigError(
+                f"{file}: {prefix}.runc_root: {self.runc_root!r} must be an absolute path"
+            )
 
 
 async def _init(ic: plugin.InitContext) -> TaskManager:
@@ -66,6 +82,7 @@ async def _init(ic: plugin.InitContext) -> TaskManager:
             default_runtime=cfg.default_runtime,
             shim_debug=cfg.shim_debug or logging.getLogger("berth").isEnabledFor(logging.DEBUG),
             shim_group=cfg.shim_group,
+            runc_root=cfg.runc_root,
         )
     )
     containers = ContainerStore(md)

@@ -3,8 +3,10 @@
 This is the one module of the runtime that speaks the shim's wire messages.
 The shim API *is* protobuf over ttrpc, so the dependency on the generated
 ``shim_pb2`` types is the honest one (as ``berth.core.events.typeurl`` depends
-on the event types); nothing here touches gRPC, and everything this module
-returns is a plain record from :mod:`berth.core.runtime.types`.
+on the event types); so is the one on runc's runtime options (``oci_pb2``),
+which are part of what runc shims read on ``start`` and in ``Create``. Nothing
+here touches gRPC, and everything this module returns is a plain record from
+:mod:`berth.core.runtime.types`.
 
 Every call carries the task's namespace in the ``containerd-namespace-ttrpc``
 header, as containerd's client does: Go shims read it from their context.
@@ -32,6 +34,7 @@ from google.protobuf.message import DecodeError
 
 from berth import errdefs, namespaces
 from berth.api.events import task_pb2 as events_pb
+from berth.api.runtime.v2.runc.options import oci_pb2
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.api.types import mount_pb2
 from berth.core.metadata.containers import AnyValue
@@ -48,14 +51,21 @@ from berth.core.runtime.types import (
 from berth.ttrpc import Client, ServiceStub
 
 __all__ = [
+    "RUNC_OPTIONS_TYPE",
     "SIGKILL_EXIT",
     "ShimTask",
     "decode_delete_response",
+    "is_runc_options",
     "task_delete_event",
     "task_exit_event",
+    "with_runc_root",
 ]
 
 SERVICE = api.DESCRIPTOR.services_by_name["Task"]
+#: runc's runtime options, ``containerd.runc.v1.Options``. containerd's clients
+#: put the bare message name in an Any's type URL, and the Go shim resolves
+#: only that form, so options Berth makes up carry it too.
+RUNC_OPTIONS_TYPE = oci_pb2.Options.DESCRIPTOR.full_name
 SIGKILL_EXIT = 128 + 9
 STATE_TIMEOUT = 2.0
 SHUTDOWN_TIMEOUT = 3.0
@@ -86,6 +96,34 @@ def encode_options(options: AnyValue | None) -> bytes | None:
     """Runtime options as the ``start`` command reads them on stdin."""
     opts = _any(options)
     return opts.SerializeToString() if opts is not None else None
+
+
+def is_runc_options(options: AnyValue | None) -> bool:
+    """Whether ``options`` are runc's ``Options`` (with or without a URL prefix)."""
+    return options is not None and options.type_url.rsplit("/", 1)[-1] == RUNC_OPTIONS_TYPE
+
+
+def with_runc_root(options: AnyValue | None, root: str) -> AnyValue:
+    """``options`` with runc's state directory defaulted to ``root``.
+
+    ``None`` becomes runc ``Options`` holding only ``Root``; runc ``Options``
+    with an empty ``Root`` get ``root`` and keep every other field (unknown
+    ones included) and their type URL. Options that name a ``Root``, options
+    of another type, and runc ``Options`` that do not decode come back as they
+    were: the shim reports the latter as it would under containerd.
+    """
+    if options is None:
+        return AnyValue(RUNC_OPTIONS_TYPE, oci_pb2.Options(root=root).SerializeToString())
+    if not is_runc_options(options):
+        return options
+    try:
+        msg = oci_pb2.Options.FromString(options.value)
+    except DecodeError:
+        return options
+    if msg.root:
+        return options
+    msg.root = root
+    return AnyValue(options.type_url, msg.SerializeToString())
 
 
 def decode_delete_response(data: bytes) -> Exit:
