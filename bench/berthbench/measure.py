@@ -26,11 +26,13 @@ deletions, would be charged to whichever daemon happens to come next.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -629,22 +631,12 @@ class Bench:
         from berth.api.services.images.v1 import images_pb2, images_pb2_grpc
         from berth.api.services.version.v1 import version_pb2_grpc
 
-        img = self.images["busybox"]
         want = {row.spec.id for row in rows}
         needs_image = "rpc_info_cpu" in want
         daemons = self._gate(rows)
         if needs_image:
             daemons = self._setup(rows, daemons, self._ensure_run_image)
-        calls = 2000
         md = (("containerd-namespace", NS_RUN),)
-
-        def per_call(d: Daemon, call: Callable[[], object]) -> float:
-            for _ in range(100):  # warm the connection and the daemon's caches
-                call()
-            cpu0 = procs.cpu_seconds(d.pid)
-            for _ in range(calls):
-                call()
-            return (procs.cpu_seconds(d.pid) - cpu0) * 1e6 / calls
 
         def sample(d: Daemon) -> Sample:
             out: Sample = {}
@@ -652,20 +644,64 @@ class Bench:
                 if "rpc_version_cpu" in want:
                     version = version_pb2_grpc.VersionStub(ch)
                     out["rpc_version_cpu"] = [
-                        per_call(d, lambda: version.Version(empty_pb2.Empty()))
+                        _cpu_per_call(d.pid, lambda: version.Version(empty_pb2.Empty()))
                     ]
                 if needs_image:
+                    ref = self.images["busybox"].ref  # only fixed up when a row needs it
                     image = images_pb2_grpc.ImagesStub(ch).Get(
-                        images_pb2.GetImageRequest(name=img.ref), metadata=md
+                        images_pb2.GetImageRequest(name=ref), metadata=md
                     )
                     content = content_pb2_grpc.ContentStub(ch)
                     req = content_pb2.InfoRequest(digest=image.image.target.digest)
-                    out["rpc_info_cpu"] = [per_call(d, lambda: content.Info(req, metadata=md))]
+                    out["rpc_info_cpu"] = [
+                        _cpu_per_call(d.pid, lambda: content.Info(req, metadata=md))
+                    ]
             return out
 
         self._ab(rows, daemons, sample)
 
     # -- floors -------------------------------------------------------------------
+    def _group_floor_grpc(self, rows: list[RowResult]) -> None:
+        import grpc
+        from google.protobuf import empty_pb2
+
+        from berth.api.services.version.v1 import version_pb2_grpc
+
+        wanted = {row.spec.id: row for row in rows}
+        socket = self.workdir / "floor-grpc.sock"
+        reps = max(self.settings.reps_for(row.spec) for row in rows)
+        try:
+            for _ in range(reps):
+                socket.unlink(missing_ok=True)
+                server = subprocess.Popen(
+                    [sys.executable, "-m", "bench.berthbench.grpc_floor", str(socket)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert server.stdout is not None
+                    if server.stdout.readline().strip() != "ready":
+                        raise RuntimeError(f"the floor server exited with {server.wait(10)}")
+                    time.sleep(0.2)  # settle, as the idle row does
+                    if "floor_grpc_rss" in wanted:
+                        rss = procs.mem_of(server.pid).rss / MiB
+                        wanted["floor_grpc_rss"].columns[FLOOR].samples.append(rss)
+                    if "floor_grpc_call" in wanted:
+                        with grpc.insecure_channel(f"unix://{socket}") as ch:
+                            call = functools.partial(
+                                version_pb2_grpc.VersionStub(ch).Version, empty_pb2.Empty()
+                            )
+                            cpu = _cpu_per_call(server.pid, call)
+                        wanted["floor_grpc_call"].columns[FLOOR].samples.append(cpu)
+                finally:
+                    procs.end_pid(server.pid)
+                    server.wait()
+        except (RuntimeError, OSError, ProcessLookupError, grpc.RpcError) as exc:
+            for row in rows:
+                row.columns[FLOOR].fail("error", _short(exc))
+        finally:
+            socket.unlink(missing_ok=True)
+
     def _group_floor_runc(self, rows: list[RowResult]) -> None:
         row = rows[0]
         col = row.columns[FLOOR]
@@ -718,6 +754,17 @@ class Bench:
                 col.samples.append(once())
         except (CommandError, OSError, subprocess.TimeoutExpired) as exc:
             col.fail("error", _short(exc))
+
+
+def _cpu_per_call(pid: int, call: Callable[[], object], calls: int = 2000) -> float:
+    """Process *pid*'s CPU time per *call*, in µs, over *calls* calls after 100 warm-ups
+    (the connection, and the server's caches)."""
+    for _ in range(100):
+        call()
+    cpu0 = procs.cpu_seconds(pid)
+    for _ in range(calls):
+        call()
+    return (procs.cpu_seconds(pid) - cpu0) * 1e6 / calls
 
 
 def _settle_disk() -> None:

@@ -251,6 +251,30 @@ ROWS: tuple[RowSpec, ...] = (
         reps=3,
     ),
     RowSpec(
+        id="floor_grpc_rss",
+        title="floor: bare grpc.aio server RSS",
+        unit="MiB",
+        kind="floor",
+        group="floor_grpc",
+        what=(
+            "RSS of a `grpc.aio` server on uvloop serving one do-nothing method "
+            "(bench/berthbench/grpc_floor.py), after start-up: a Python daemon's size before "
+            "any work of its own"
+        ),
+        reps=3,
+        warmups=0,
+    ),
+    RowSpec(
+        id="floor_grpc_call",
+        title="floor: bare grpc.aio server CPU per call",
+        unit="µs",
+        kind="floor",
+        group="floor_grpc",
+        what="that server's CPU time per call over 2000 calls, measured as the `rpc_*` rows are",
+        reps=3,
+        warmups=0,
+    ),
+    RowSpec(
         id="floor_runc",
         title="floor: raw runc run /bin/true",
         unit="ms",

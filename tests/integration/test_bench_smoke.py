@@ -1,8 +1,9 @@
 """The benchmark harness runs end to end and writes the JSON it promises.
 
-Timings never gate anything here: the test runs one repetition of two cheap
-rows (idle daemon RSS, which needs both daemons, and the raw runc floor, which
-needs the registry and the busybox image) and checks the document's shape,
+Timings never gate anything here: the test runs one repetition of four cheap
+rows (idle daemon RSS, which needs both daemons; the bare gRPC server's RSS
+and CPU per call, which start a server of their own; and the raw runc floor,
+which needs the registry and the busybox image) and checks the document's shape,
 that every column has numbers or says why not, and that the run cleaned up.
 """
 
@@ -33,7 +34,7 @@ def _check_column(name: str, col: dict[str, object]) -> None:
         assert isinstance(col["reason"], str) and col["reason"], (name, col)
 
 
-def test_quick_run_of_two_small_rows_writes_json_table_and_cleans_up(tmp_path: Path) -> None:
+def test_quick_run_of_small_rows_writes_json_table_and_cleans_up(tmp_path: Path) -> None:
     res = subprocess.run(
         [
             sys.executable,
@@ -41,7 +42,7 @@ def test_quick_run_of_two_small_rows_writes_json_table_and_cleans_up(tmp_path: P
             "bench.berthbench",
             "--quick",
             "--rows",
-            "idle_rss,floor_runc",
+            "idle_rss,floor_grpc_rss,floor_grpc_call,floor_runc",
             "--output-dir",
             str(tmp_path),
         ],
@@ -58,7 +59,12 @@ def test_quick_run_of_two_small_rows_writes_json_table_and_cleans_up(tmp_path: P
 
     assert doc["schema"] == "berthbench/1"
     assert doc["settings"]["quick"] is True
-    assert doc["settings"]["reps_per_row"] == {"idle_rss": 1, "floor_runc": 1}
+    assert doc["settings"]["reps_per_row"] == {
+        "idle_rss": 1,
+        "floor_grpc_rss": 1,
+        "floor_grpc_call": 1,
+        "floor_runc": 1,
+    }
     for key in ("cores", "memory_gib", "kernel", "cgroups"):
         assert doc["machine"][key], key
     for key in ("containerd", "runc", "berth", "containerd_server", "berth_server"):
@@ -67,7 +73,7 @@ def test_quick_run_of_two_small_rows_writes_json_table_and_cleans_up(tmp_path: P
     assert doc["problems"] == []
 
     rows = {row["id"]: row for row in doc["rows"]}
-    assert list(rows) == ["idle_rss", "floor_runc"]
+    assert list(rows) == ["idle_rss", "floor_grpc_rss", "floor_grpc_call", "floor_runc"]
 
     idle = rows["idle_rss"]
     assert idle["kind"] == "compare" and idle["unit"] == "MiB"
@@ -82,12 +88,17 @@ def test_quick_run_of_two_small_rows_writes_json_table_and_cleans_up(tmp_path: P
     else:
         assert idle["ratio"] is None
 
-    floor = rows["floor_runc"]
-    assert floor["kind"] == "floor" and floor["unit"] == "ms"
-    assert set(floor["results"]) == {"floor"}
-    assert floor["results"]["floor"]["status"] == "ok"
-    _check_column("floor", floor["results"]["floor"])
-    assert floor["ratio"] is None
+    for row_id, unit in (
+        ("floor_runc", "ms"),
+        ("floor_grpc_rss", "MiB"),
+        ("floor_grpc_call", "µs"),
+    ):
+        floor = rows[row_id]
+        assert floor["kind"] == "floor" and floor["unit"] == unit, row_id
+        assert set(floor["results"]) == {"floor"}
+        assert floor["results"]["floor"]["status"] == "ok", floor["results"]
+        _check_column("floor", floor["results"]["floor"])
+        assert floor["ratio"] is None
 
     # The table on stdout and the markdown summary carry the same rows.
     assert "daemon RSS, idle" in res.stdout and "floor: raw runc run" in res.stdout
