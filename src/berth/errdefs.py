@@ -110,3 +110,41 @@ def code_of(exc: BaseException) -> int:
     if isinstance(exc, BerthError):
         return exc.code
     return CODE_UNKNOWN
+
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def go_quote(text: str) -> str:
+    """``text`` double-quoted the way Go's ``%q`` writes it.
+
+    Messages name keys as containerd's do (``snapshot "k": already exists``),
+    so that clients matching on containerd's text, and people reading both,
+    see the same thing. Printable characters stay as they are;
+    the rest become Go's escapes (``\\n``, ``\\x01``, ``\\u200b``).
+    """
+    out = ['"']
+    for ch in text:
+        escaped = _GO_ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append('"')
+    return "".join(out)

@@ -50,12 +50,11 @@ def _remove_namespace_cgroups() -> None:
         top = hierarchy / NAMESPACE
         if not top.is_dir() or top.is_symlink():
             continue
-        # Children first: a container cgroup only survives if a test failed
-        # before runc deleted it.
-        for child in sorted(top.iterdir(), reverse=True):
-            if child.is_dir():
-                os.rmdir(child)
-        os.rmdir(top)
+        # Deepest first: runc removes only a container's own cgroup, so the
+        # parents (the namespace's, and any cgroup parent a test chose) are
+        # left, and a container cgroup only survives a test that failed.
+        for dirpath, _, _ in os.walk(top, topdown=False):
+            os.rmdir(dirpath)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +103,14 @@ class Runner:
             timeout=TIMEOUT,
             **kw,
         )
+
+    def pid(self, cid: str) -> int:
+        """The host PID of running container ``cid``'s init."""
+        done = self._runc("state", cid, capture_output=True)
+        assert done.returncode == 0, f"runc state failed: {done.stderr}"
+        pid = json.loads(done.stdout)["pid"]
+        assert isinstance(pid, int) and pid > 0
+        return pid
 
     def delete(self, cid: str) -> None:
         self._runc("delete", "--force", cid, capture_output=True)
@@ -284,3 +291,89 @@ def test_tty_less_env_and_mounts_reach_the_process(runner: Runner, workdir: Path
         script="echo $GREETING; cat /data/hello.txt; touch /data/x 2>/dev/null || echo ro-bind",
     )
     assert out.splitlines() == ["hi", "from the host", "ro-bind"]
+
+
+def _cgroup_file(controller: str, path: str, name: str) -> Path:
+    """Where the host keeps ``name`` of cgroup ``path`` (v1: under the controller's hierarchy)."""
+    if cgroups.is_v2():
+        return CGROUP_ROOT / path.lstrip("/") / name
+    return CGROUP_ROOT / controller / path.lstrip("/") / name
+
+
+def test_prestart_and_poststop_hooks_run_on_the_host_with_the_state(
+    runner: Runner, workdir: Path
+) -> None:
+    out = workdir / "hooks"
+    out.mkdir()
+    # A hook runs in runc's namespaces and gets the container's state on stdin.
+    script = f'cat > {out}/"$KIND".json'
+    hooks = {
+        kind: [oci.Hook("/bin/sh", ("sh", "-c", script), (f"KIND={kind}",), timeout=10)]
+        for kind in ("prestart", "poststop")
+    }
+    cid, spec = runner.spec(
+        oci.with_hooks(hooks),
+        # The process sees whether the prestart hook ran before it started.
+        oci.with_mounts([oci.Mount("/hooks", "bind", str(out), ("rbind", "ro"))]),
+        oci.with_process_args("sh", "-c", "ls /hooks"),
+    )
+    assert runner.run_spec(cid, spec).split() == ["prestart.json"]
+    prestart = json.loads((out / "prestart.json").read_text())
+    # runc 1.1 reports the state as still "creating" to prestart hooks.
+    assert prestart["id"] == cid and prestart["status"] in ("creating", "created")
+    assert prestart["pid"] > 0
+    poststop = json.loads((out / "poststop.json").read_text())
+    assert (poststop["id"], poststop["status"]) == (cid, "stopped")
+
+
+def test_cgroup_parent_places_the_container_under_it(runner: Runner) -> None:
+    parent = f"/{NAMESPACE}/parent-x"
+    cid, spec = runner.spec(oci.with_cgroup_parent(parent), oci.with_process_args("sleep", "30"))
+    assert spec["linux"]["cgroupsPath"] == f"{parent}/{cid}"
+    runner.start_detached(cid, spec)
+    try:
+        lines = Path(f"/proc/{runner.pid(cid)}/cgroup").read_text().splitlines()
+    finally:
+        runner.delete(cid)
+    # "ID:CONTROLLERS:PATH" per hierarchy; v2's single line is "0::PATH".
+    placed = {
+        controller: path
+        for _, controllers, path in (line.split(":", 2) for line in lines)
+        for controller in controllers.split(",")
+    }
+    wanted = [""] if cgroups.is_v2() else ["memory", "pids", "cpu", "freezer", "devices"]
+    assert {c: placed.get(c) for c in wanted} == dict.fromkeys(wanted, f"{parent}/{cid}"), lines
+
+
+def test_pids_limit_caps_the_container_cgroup(runner: Runner) -> None:
+    cid, spec = runner.spec(oci.with_pids_limit(16), oci.with_process_args("sleep", "30"))
+    runner.start_detached(cid, spec)
+    try:
+        path = _cgroup_file("pids", f"/{NAMESPACE}/{cid}", "pids.max")
+        assert path.read_text().strip() == "16"
+    finally:
+        runner.delete(cid)
+    # And the kernel holds the container to it: with room for four tasks, a
+    # shell (under the script's own) cannot start six background children.
+    out = runner.run(
+        oci.with_pids_limit(4),
+        script="sh -c 'for i in 1 2 3 4 5 6; do sleep 30 & done' 2>&1; echo exit=$?",
+    )
+    assert "can't fork" in out and out.splitlines()[-1] != "exit=0", out
+
+
+def test_cpu_limit_and_shares_land_in_the_container_cgroup(runner: Runner) -> None:
+    cid, spec = runner.spec(
+        oci.with_cpu_limit(0.5), oci.with_cpu(shares=512), oci.with_process_args("sleep", "30")
+    )
+    runner.start_detached(cid, spec)
+    try:
+        cg = f"/{NAMESPACE}/{cid}"
+        if cgroups.is_v2():
+            assert _cgroup_file("cpu", cg, "cpu.max").read_text().split() == ["50000", "100000"]
+        else:
+            assert _cgroup_file("cpu", cg, "cpu.cfs_quota_us").read_text().strip() == "50000"
+            assert _cgroup_file("cpu", cg, "cpu.cfs_period_us").read_text().strip() == "100000"
+            assert _cgroup_file("cpu", cg, "cpu.shares").read_text().strip() == "512"
+    finally:
+        runner.delete(cid)

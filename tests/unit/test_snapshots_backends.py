@@ -114,7 +114,9 @@ def test_update_labels_by_field_path(sn: BackendSnapshotter) -> None:
     assert out.labels == {"b": "2", "c": "3"}
     out = sn.update(Info("k", labels={"only": "x"}))
     assert out.labels == {"only": "x"}
-    with pytest.raises(errdefs.InvalidArgument, match="cannot update 'parent'"):
+    with pytest.raises(
+        errdefs.InvalidArgument, match='cannot update "parent" field on snapshot "k"'
+    ):
         sn.update(Info("k"), ["parent"])
 
 

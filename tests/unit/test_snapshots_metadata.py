@@ -50,7 +50,7 @@ def test_errors_use_the_clients_keys(env: tuple[DB, MetadataSnapshotter, Collect
     _, ms, _ = env
     sn = ms.namespaced("ns")
     sn.prepare("p")
-    with pytest.raises(errdefs.AlreadyExists, match="'p'"):
+    with pytest.raises(errdefs.AlreadyExists, match=r'^snapshot "p": already exists$'):
         sn.prepare("p")
     with pytest.raises(errdefs.NotFound, match="parent snapshot nope"):
         sn.prepare("k", "nope")
@@ -58,7 +58,7 @@ def test_errors_use_the_clients_keys(env: tuple[DB, MetadataSnapshotter, Collect
         sn.prepare("k", "p")
     sn.commit("p-c", "p")
     sn.view("v", "p-c")
-    with pytest.raises(errdefs.FailedPrecondition, match="'v' is not active"):
+    with pytest.raises(errdefs.FailedPrecondition, match='snapshot "v" is not active'):
         sn.commit("v-c", "v")
     with pytest.raises(errdefs.FailedPrecondition, match="child"):
         sn.remove("p-c")
@@ -97,7 +97,7 @@ def test_update_validates_paths_and_label_size(
     sn.prepare("k", labels={"a": "1"})
     out = sn.update(Info("k", labels={"b": "2"}), ["labels.b"])
     assert out.labels == {"a": "1", "b": "2"} and out.updated >= out.created
-    with pytest.raises(errdefs.InvalidArgument, match="cannot update 'kind'"):
+    with pytest.raises(errdefs.InvalidArgument, match='cannot update "kind" field on snapshot "k"'):
         sn.update(Info("k"), ["kind"])
     with pytest.raises(errdefs.InvalidArgument, match="maximum size"):
         sn.update(Info("k", labels={"big": "x" * 5000}), ["labels.big"])

@@ -251,7 +251,6 @@ class TaskService:
                     pid=p.pid,
                     exit_status=p.exit_status,
                     exited_at=_ts(p.exited_at),  # type: ignore[arg-type]
-                    id=c.id,
                 )
             )
         return api.DeleteResponse(

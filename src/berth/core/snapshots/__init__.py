@@ -230,7 +230,8 @@ def apply_label_update(
                 result = dict(info.labels)
             else:
                 raise errdefs.InvalidArgument(
-                    f"cannot update {path!r} field on snapshot {info.name!r}: invalid argument"
+                    f"cannot update {errdefs.go_quote(path)} field on snapshot {errdefs.go_quote(info.name)}:"
+                    " invalid argument"
                 )
     else:
         result = dict(info.labels)

@@ -332,7 +332,9 @@ class NamespacedSnapshotter(Snapshotter):
             "SELECT 1 FROM leases WHERE namespace=? AND id=?", (self.namespace, self.lease)
         ).fetchone()
         if row is None:
-            raise errdefs.NotFound(f"lease {self.lease!r} does not exist: not found")
+            raise errdefs.NotFound(
+                f"lease {errdefs.go_quote(self.lease)} does not exist: not found"
+            )
 
     def _lock(self, *keys: str) -> contextlib.AbstractContextManager[None]:
         return self.owner._keys.hold(*((self.namespace, k) for k in keys))
@@ -413,9 +415,11 @@ class NamespacedSnapshotter(Snapshotter):
             with self._db.tx() as cur:
                 nsmod.ensure(cur, ns)
                 if target and self._row(cur, target) is not None:
-                    raise errdefs.AlreadyExists(f"target snapshot {target!r}: already exists")
+                    raise errdefs.AlreadyExists(
+                        f"target snapshot {errdefs.go_quote(target)}: already exists"
+                    )
                 if self._row(cur, key) is not None:
-                    raise errdefs.AlreadyExists(f"snapshot {key!r}: already exists")
+                    raise errdefs.AlreadyExists(f"snapshot {errdefs.go_quote(key)}: already exists")
                 bparent = ""
                 if parent:
                     prow = self._row(cur, parent)
@@ -470,7 +474,9 @@ class NamespacedSnapshotter(Snapshotter):
         with self._lock(name, key), self.owner._gc_lock.shared():
             with self._db.tx() as cur:
                 if self._row(cur, name) is not None:
-                    raise errdefs.AlreadyExists(f"snapshot {name!r}: already exists")
+                    raise errdefs.AlreadyExists(
+                        f"snapshot {errdefs.go_quote(name)}: already exists"
+                    )
                 row = self._require(cur, key)
                 self._check_lease(cur)
                 name_key = self.owner._next_backend_key(cur, ns, name)
@@ -479,7 +485,7 @@ class NamespacedSnapshotter(Snapshotter):
             except errdefs.FailedPrecondition:
                 # Say it with the client's key, not the backend's.
                 raise errdefs.FailedPrecondition(
-                    f"snapshot {key!r} is not active: failed precondition"
+                    f"snapshot {errdefs.go_quote(key)} is not active: failed precondition"
                 ) from None
             try:
                 with self._db.tx() as cur:

@@ -107,7 +107,7 @@ def get_info(cur: sqlite3.Cursor, key: str) -> tuple[str, Info, Usage]:
     """(id, info, stored usage) of ``key``. Raises NotFound."""
     row = _row(cur, key)
     if row is None:
-        raise errdefs.NotFound(f"snapshot {key!r} does not exist: not found")
+        raise errdefs.NotFound(f"snapshot {key} does not exist: not found")
     return str(row["id"]), _info(row), Usage(row["size"], row["inodes"])
 
 
@@ -118,11 +118,11 @@ def get_snapshot(cur: sqlite3.Cursor, key: str) -> Snapshot:
     """
     row = _row(cur, key)
     if row is None:
-        raise errdefs.NotFound(f"snapshot {key!r} does not exist: not found")
+        raise errdefs.NotFound(f"snapshot {key} does not exist: not found")
     kind = Kind(row["kind"])
     if kind not in (Kind.ACTIVE, Kind.VIEW):
         raise errdefs.FailedPrecondition(
-            f"requested snapshot {key!r} not active or view: failed precondition"
+            f"requested snapshot {key} not active or view: failed precondition"
         )
     parents = _parent_chain(cur, row["parent_id"]) if row["parent_id"] is not None else []
     return Snapshot(str(row["id"]), kind, parents)
@@ -132,10 +132,10 @@ def parent_id(cur: sqlite3.Cursor, parent: str) -> str:
     """Id of committed snapshot ``parent``. Raises NotFound, InvalidArgument."""
     row = _row(cur, parent)
     if row is None:
-        raise errdefs.NotFound(f"parent snapshot {parent!r} does not exist: not found")
+        raise errdefs.NotFound(f"parent snapshot {parent} does not exist: not found")
     if Kind(row["kind"]) is not Kind.COMMITTED:
         raise errdefs.InvalidArgument(
-            f"parent {parent!r} is not committed snapshot: invalid argument"
+            f"parent {errdefs.go_quote(parent)} is not committed snapshot: invalid argument"
         )
     return str(row["id"])
 
@@ -164,7 +164,7 @@ def create(
             (key, int(kind), pid, json.dumps(dict(labels), sort_keys=True), ts, ts),
         )
     except sqlite3.IntegrityError:
-        raise errdefs.AlreadyExists(f"snapshot {key!r}: already exists") from None
+        raise errdefs.AlreadyExists(f"snapshot {key}: already exists") from None
     new_id = cur.lastrowid
     parents = _parent_chain(cur, int(pid)) if pid is not None else []
     return Snapshot(str(new_id), kind, parents)
@@ -177,7 +177,7 @@ def remove(cur: sqlite3.Cursor, key: str) -> tuple[str, Kind]:
     """
     row = _row(cur, key)
     if row is None:
-        raise errdefs.NotFound(f"snapshot {key!r} does not exist: not found")
+        raise errdefs.NotFound(f"snapshot {key} does not exist: not found")
     child = cur.execute("SELECT 1 FROM snapshots WHERE parent = ? LIMIT 1", (row["id"],)).fetchone()
     if child is not None:
         raise errdefs.FailedPrecondition("cannot remove snapshot with child: failed precondition")
@@ -200,12 +200,14 @@ def commit_active(
     if not name:
         raise errdefs.InvalidArgument("snapshot name must not be empty")
     if _row(cur, name) is not None:
-        raise errdefs.AlreadyExists(f"committed snapshot {name!r}: already exists")
+        raise errdefs.AlreadyExists(f"committed snapshot {name}: already exists")
     row = _row(cur, key)
     if row is None:
-        raise errdefs.NotFound(f"failed to get active snapshot {key!r}: not found")
+        raise errdefs.NotFound(f"failed to get active snapshot {errdefs.go_quote(key)}: not found")
     if Kind(row["kind"]) is not Kind.ACTIVE:
-        raise errdefs.FailedPrecondition(f"snapshot {key!r} is not active: failed precondition")
+        raise errdefs.FailedPrecondition(
+            f"snapshot {errdefs.go_quote(key)} is not active: failed precondition"
+        )
     ts = _now()
     cur.execute(
         "UPDATE snapshots SET key=?, kind=?, labels=?, created=?, updated=?, size=?, inodes=?"
@@ -229,7 +231,7 @@ def update_info(cur: sqlite3.Cursor, info: Info, fieldpaths: Sequence[str]) -> I
     InvalidArgument."""
     row = _row(cur, info.name)
     if row is None:
-        raise errdefs.NotFound(f"snapshot {info.name!r} does not exist: not found")
+        raise errdefs.NotFound(f"snapshot {info.name} does not exist: not found")
     current = _info(row)
     current.labels = apply_label_update(current.labels, info, fieldpaths)
     current.updated = _now()
