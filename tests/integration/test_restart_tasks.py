@@ -5,7 +5,9 @@ While the daemon is down one task of each kind exits on its own (status 7)
 and one shim of each kind is killed. After the restart every task is listed;
 the running ones answer exec and stop normally, the ones that exited report
 their real status, and the ones whose shim died report 128+SIGKILL and have
-been cleaned up.
+been cleaned up. Adopted tasks of both shims also stop the ordinary way: a
+plain ``ctr tasks kill`` (SIGTERM, or SIGKILL for one that ignores it), then
+``ctr tasks rm`` and ``ctr containers rm`` without ``--force``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ N = 20
 MD = (("containerd-namespace", "default"),)
 # PID 1 in a container only gets signals it handles: trap TERM and exit 7.
 EXITS_ON_TERM = ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done"]
+# ...and this one exits as a process without a handler would elsewhere.
+DIES_OF_TERM = ["sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done"]
 
 
 @pytest.fixture
@@ -72,6 +76,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def task_status(d: Berthd, id: str) -> str:
+    """The STATUS column of ``ctr tasks ls`` for ``id``; "" when it has no task."""
+    for line in d.ctr("tasks", "ls").stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == id:
+            return fields[2]
+    return ""
+
+
 def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -86,8 +99,19 @@ def test_tasks_survive_daemon_sigkill_and_restart(d: Berthd, busybox_image: Imag
     runtime = {id: BERTH if i % 2 == 0 else RUNC for i, id in enumerate(ids)}
     exits_while_down = {"r00", "r01"}
     shim_killed_while_down = {"r02", "r03"}
+    # Stopped after the restart: (signal, exit status); one of each per shim.
+    stopped_plainly = {
+        "r04": ("SIGTERM", 143),
+        "r05": ("SIGTERM", 143),
+        "r06": ("SIGKILL", 137),
+        "r07": ("SIGKILL", 137),
+    }
     for id in ids:
-        args = EXITS_ON_TERM if id in exits_while_down else ["sleep", "1000"]
+        args = ["sleep", "1000"]
+        if id in exits_while_down:
+            args = EXITS_ON_TERM
+        elif stopped_plainly.get(id, ("",))[0] == "SIGTERM":
+            args = DIES_OF_TERM
         d.ctr("run", "-d", "--runtime", runtime[id], IMAGE, id, *args)
 
     with grpc.insecure_channel(f"unix://{d.address}") as ch:
@@ -128,12 +152,30 @@ def test_tasks_survive_daemon_sigkill_and_restart(d: Berthd, busybox_image: Imag
             assert procs[id].pid == pids[id]
             d.ctr("tasks", "exec", "--exec-id", "after-restart", id, "true")
 
-    # Everything stops and goes away as usual.
+        # Adopted tasks stop the ordinary way, through the shim berthd reconnected to.
+        for id, (sig, _) in stopped_plainly.items():
+            kill = ["tasks", "kill", id] if sig == "SIGTERM" else ["tasks", "kill", "-s", sig, id]
+            d.ctr(*kill)
+        for id, (_, code) in stopped_plainly.items():
+            eventually(lambda id=id: task_status(d, id) == "STOPPED")  # type: ignore[misc]
+            assert tasks.Wait(pb.WaitRequest(container_id=id), metadata=MD).exit_status == code
+            rm = d.ctr("tasks", "rm", id)
+            assert f"exit code {code}" in rm.stderr, (runtime[id], rm.stderr)
+            d.ctr("containers", "rm", id)
+            assert task_status(d, id) == ""
+            assert not (d.state / "io.containerd.runtime.v2.task" / "default" / id).exists()
+            assert not alive(pids[id])
+            eventually(lambda id=id: not alive(shims[id]))  # type: ignore[misc]
+        assert {runtime[id] for id in stopped_plainly} == {BERTH, RUNC}
+
+    # Everything else stops and goes away as usual.
     for id in running:
-        d.ctr("tasks", "kill", "--signal", "SIGKILL", id)
+        if id not in stopped_plainly:
+            d.ctr("tasks", "kill", "--signal", "SIGKILL", id)
     for id in ids:
-        d.ctr("tasks", "rm", "--force", id)
-        d.ctr("containers", "rm", id)
+        if id not in stopped_plainly:
+            d.ctr("tasks", "rm", "--force", id)
+            d.ctr("containers", "rm", id)
     assert d.ctr("tasks", "ls").stdout.splitlines()[1:] == []
     bundles = d.state / "io.containerd.runtime.v2.task" / "default"
     assert list(bundles.iterdir()) == []

@@ -219,10 +219,20 @@ def test_tty_without_a_terminal_is_a_usage_error(d: Berthd) -> None:
     assert leftovers(d, f"notty-{RUN}") == []
 
 
-def test_sigterm_to_berth_is_forwarded_and_rm_still_cleans_up(d: Berthd) -> None:
-    script = 'trap "echo got-term; exit 143" TERM; echo ready; sleep 100 & wait'
+@pytest.mark.parametrize(
+    ("sig", "name"), [(signal.SIGTERM, "term"), (signal.SIGINT, "int")], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_signal_to_berth_is_forwarded_and_rm_still_cleans_up(
+    d: Berthd, sig: signal.Signals, name: str
+) -> None:
+    # PID 1 only dies of signals it handles: each trap exits as the signal would have.
+    script = (
+        'trap "echo got-term; exit 143" TERM; trap "echo got-int; exit 130" INT; '
+        "echo ready; sleep 100 & wait"
+    )
+    cid = f"sigfwd-{name}-{RUN}"
     proc = subprocess.Popen(
-        berth_cmd(d, "run", "--rm", IMAGE, f"sigfwd-{RUN}", "sh", "-c", script),
+        berth_cmd(d, "run", "--rm", IMAGE, cid, "sh", "-c", script),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -233,11 +243,62 @@ def test_sigterm_to_berth_is_forwarded_and_rm_still_cleans_up(d: Berthd) -> None
     if first != b"ready\n":
         proc.kill()
         raise AssertionError((first, proc.communicate(timeout=30)))
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143, err
-    assert out == b"got-term\n"
-    assert leftovers(d, f"sigfwd-{RUN}") == []
+    assert proc.returncode == 128 + sig, err
+    assert out == f"got-{name}\n".encode()
+    assert leftovers(d, cid) == []
+
+
+def _read_until(master: int, marker: bytes, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def _take_controlling_tty() -> None:
+    # In the child after setsid(): stdin's pty becomes its controlling
+    # terminal, so a ^C that berth left to the line discipline would signal
+    # berth itself, as it would in a shell.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.parametrize("runtime", [BERTH_SHIM, RUNC_SHIM], ids=["berth-shim", "runc-shim"])
+def test_ctrl_c_on_a_tty_reaches_the_process(d: Berthd, runtime: str) -> None:
+    # ctr run -t against containerd gives the same: the ^C goes through to
+    # the container's terminal, whose shell runs its INT trap; exit 130.
+    cid = f"ctrlc-{runtime.split('.')[-2]}-{RUN}"
+    script = 'trap "echo got-int; exit 130" INT; echo ready; while :; do sleep 1; done'
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        berth_cmd(d, "run", "-t", "--rm", "--runtime", runtime, IMAGE, cid, "sh", "-c", script),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env_with_src(),
+        start_new_session=True,
+        preexec_fn=_take_controlling_tty,
+    )
+    os.close(slave)
+    try:
+        out = _read_until(master, b"ready", 30)
+        if b"ready" not in out:
+            proc.kill()
+            raise AssertionError(out)
+        os.write(master, b"\x03")
+        out += _read_until_exit(master, proc, 30)
+        assert proc.wait(30) == 130, out
+    finally:
+        os.close(master)
+    assert b"got-int" in out, out
+    assert leftovers(d, cid) == []
 
 
 # --- detached ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.integration
 
 IMAGE = "docker.io/library/berth-tasks-cli:1"
 RUN = secrets.token_hex(3)  # runc state is host-wide: keep ids unique per run
+RUNTIMES = [
+    pytest.param("io.containerd.berth.v2", id="berth-shim"),
+    pytest.param("io.containerd.runc.v2", id="runc-shim"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,53 @@ def test_a_detached_task_through_its_whole_life(d: Berthd) -> None:
     finally:
         if status(d, cid):
             d.ctr("tasks", "rm", "-f", cid, check=False)
+        d.ctr("containers", "rm", cid, check=False)
+
+
+def task_pid(d: Berthd, cid: str) -> int:
+    for line in d.ctr("tasks", "ls").stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == cid:
+            return int(fields[1])
+    raise AssertionError(f"no task {cid}")
+
+
+def cgroup_v1_dir(pid: int, controller: str) -> Path:
+    """The directory of ``pid``'s cgroup in a cgroup v1 ``controller`` hierarchy."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return Path("/sys/fs/cgroup", controller) / path.lstrip("/")
+    raise AssertionError(f"pid {pid} has no {controller} cgroup")
+
+
+@pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+    or not Path("/sys/fs/cgroup/pids").is_dir(),
+    reason="needs the cgroup v1 memory and pids hierarchies",
+)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_update_changes_the_limits_in_the_tasks_cgroup(d: Berthd, runtime: str) -> None:
+    cid = f"update-{runtime.split('.')[-2]}-{RUN}"
+    limit = ["--memory-limit", "128m"]
+    ok(berth(d, "run", "-d", "--runtime", runtime, *limit, IMAGE, cid, "sleep", "60"))
+    try:
+        pid = task_pid(d, cid)
+        memory = cgroup_v1_dir(pid, "memory") / "memory.limit_in_bytes"
+        pids = cgroup_v1_dir(pid, "pids") / "pids.max"
+        assert memory.read_text().strip() == str(128 << 20)
+        assert pids.read_text().strip() == "max"
+
+        ok(berth(d, "tasks", "update", "--memory-limit", "64m", "--pids-limit", "17", cid))
+        assert memory.read_text().strip() == str(64 << 20)
+        assert pids.read_text().strip() == "17"
+
+        # -1 lifts the limit; a limit not named stays as it was.
+        ok(berth(d, "tasks", "update", "--pids-limit", "-1", cid))
+        assert (memory.read_text().strip(), pids.read_text().strip()) == (str(64 << 20), "max")
+        assert status(d, cid) == "RUNNING"
+    finally:
+        d.ctr("tasks", "rm", "-f", cid, check=False)
         d.ctr("containers", "rm", cid, check=False)
 
 

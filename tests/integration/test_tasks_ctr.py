@@ -10,6 +10,7 @@ what went wrong.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from berth.api.types.task import task_pb2
 from tests.support.daemon import Berthd
 from tests.support.imagebuilder import Image, write_oci_layout
+from tests.support.procs import processes_mentioning, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,9 @@ BERTH = "io.containerd.berth.v2"
 RUNC = "io.containerd.runc.v2"
 RUNTIMES = [pytest.param(BERTH, id="berth-shim"), pytest.param(RUNC, id="runc-shim")]
 TASK_STATE = "io.containerd.runtime.v2.task"
+# Cgroups are named <namespace>/<id> host-wide, and other daemons on the host
+# may run these tests at the same time: ids that must not collide carry this.
+RUN = secrets.token_hex(3)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +166,80 @@ def test_wait_returns_the_exit_of_an_exec_process(
         d.ctr("containers", "rm", id)
 
 
+def pids_of(d: Berthd, id: str) -> list[int]:
+    """The pids ``ctr tasks ps`` lists for task ``id``."""
+    return [int(line.split()[0]) for line in d.ctr("tasks", "ps", id).stdout.splitlines()[1:]]
+
+
+def running_cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def sleepers(d: Berthd, id: str) -> list[int]:
+    """The task's processes that run ``sleep 1000``."""
+    return [p for p in pids_of(d, id) if running_cmdline(p) == b"sleep\x001000\x00"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_kill_all_signals_every_process_of_the_task(
+    d: Berthd, runtime: str, tasks: pb_grpc.TasksStub
+) -> None:
+    # PID 1 survives SIGUSR1 by its trap; its children die of it.
+    id = rt_id(runtime, f"killall-{RUN}")
+    script = "trap true USR1; sleep 1000 & sleep 1000 & while :; do sleep .2; done"
+    d.ctr("run", "-d", "--runtime", runtime, "--", IMAGE, id, "sh", "-c", script)
+    try:
+        init = tasks.Get(pb.GetRequest(container_id=id), metadata=MD).process.pid
+        assert wait_until(lambda: len(sleepers(d, id)) == 2), d.ctr("tasks", "ps", id).stdout
+        before = pids_of(d, id)
+
+        d.ctr("tasks", "kill", "--all", "--signal", "SIGUSR1", id)
+        assert wait_until(lambda: sleepers(d, id) == []), d.ctr("tasks", "ps", id).stdout
+        after = pids_of(d, id)
+        assert init in after and len(after) < len(before), (before, after)
+        assert task_status(d, id) == "RUNNING"
+    finally:
+        d.ctr("tasks", "kill", "--signal", "SIGKILL", id, check=False)
+        wait_status(d, id, "STOPPED")
+        d.ctr("tasks", "rm", id)
+        d.ctr("containers", "rm", id)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_kill_with_exec_id_ends_only_that_exec(
+    d: Berthd, runtime: str, tasks: pb_grpc.TasksStub
+) -> None:
+    id = rt_id(runtime, f"killexec-{RUN}")
+    d.ctr("run", "-d", "--runtime", runtime, IMAGE, id, "sleep", "1000")
+    try:
+        init = tasks.Get(pb.GetRequest(container_id=id), metadata=MD).process.pid
+        for exec_id in ("e", "other"):
+            d.ctr("tasks", "exec", "--detach", "--exec-id", exec_id, id, "sleep", "1000")
+        other = tasks.Get(pb.GetRequest(container_id=id, exec_id="other"), metadata=MD).process
+
+        # ctr's default signal, SIGTERM; the exec is no PID 1, so it dies of it.
+        d.ctr("tasks", "kill", "--exec-id", "e", id)
+        w = tasks.Wait(pb.WaitRequest(container_id=id, exec_id="e"), metadata=MD, timeout=20)
+        assert w.exit_status == 143  # as containerd reports it: 128 + SIGTERM
+        gone = tasks.Get(pb.GetRequest(container_id=id, exec_id="e"), metadata=MD).process
+        assert gone.status == task_pb2.STOPPED and gone.exit_status == 143
+
+        assert task_status(d, id) == "RUNNING"
+        still = tasks.Get(pb.GetRequest(container_id=id, exec_id="other"), metadata=MD).process
+        assert still.status == task_pb2.RUNNING and still.pid == other.pid
+        assert {init, other.pid} <= set(pids_of(d, id))
+        assert gone.pid not in pids_of(d, id)
+    finally:
+        d.ctr("tasks", "kill", "--signal", "SIGKILL", id, check=False)
+        wait_status(d, id, "STOPPED")
+        d.ctr("tasks", "rm", id)
+        d.ctr("containers", "rm", id)
+
+
 def test_list_shows_only_the_request_namespace(d: Berthd, tasks: pb_grpc.TasksStub) -> None:
     d.ctr("images", "import", str(d.base / "busybox.tar"), namespace="other")
     d.ctr("run", "-d", "--runtime", BERTH, IMAGE, "ns-a", "sleep", "1000", namespace="other")
@@ -200,6 +279,64 @@ def test_missing_binary_surfaces_runc_error_and_leaves_nothing(d: Berthd, runtim
     assert task_status(d, id) == ""
     assert id not in d.ctr("containers", "ls", "-q").stdout.split()
     assert not bundle_dir(d, id).exists()
+
+
+def mounts_of(d: Berthd) -> list[str]:
+    """The host's mount table lines that name this daemon's directories."""
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(d.base) in line]
+
+
+def cgroups_named(id: str, ns: str = "default") -> list[str]:
+    """Cgroup directories ``/<ns>/<id>`` (where ctr puts a task) in any hierarchy."""
+    root = "/sys/fs/cgroup"
+    return [
+        os.path.join(root, h, ns, id)
+        for h in os.listdir(root)
+        if os.path.isdir(os.path.join(root, h, ns, id))
+    ]
+
+
+def shims_of(d: Berthd, id: str) -> list[int]:
+    """Shim processes serving task ``id`` of this daemon."""
+    return processes_mentioning(f"-id\0{id}\0-address\0{d.address}\0")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("../../etc", id="relative-escape"),
+        pytest.param(f"/nonexistent-{RUN}", id="missing"),
+    ],
+)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_hostile_bind_mount_source_fails_and_leaves_nothing(
+    d: Berthd, runtime: str, source: str
+) -> None:
+    id = rt_id(runtime, f"badsrc-{RUN}")
+    before = mounts_of(d)
+    res = d.ctr(
+        "run", "--rm", "--runtime", runtime,
+        "--mount", f"type=bind,src={source},dst=/x,options=rbind:ro",
+        IMAGE, id, "ls", "/x",
+        check=False,
+    )  # fmt: skip
+    assert res.returncode != 0
+    # runc's own reason, as containerd passes it on: which mount, and why.
+    assert 'to rootfs at "/x"' in res.stderr, res.stderr
+    assert "no such file or directory" in res.stderr, res.stderr
+    if source.startswith("/"):
+        assert f'error mounting "{source}"' in res.stderr, res.stderr
+    assert res.stdout == ""
+
+    assert task_status(d, id) == ""
+    assert id not in d.ctr("containers", "ls", "-q").stdout.split()
+    assert id not in d.ctr("snapshots", "ls").stdout.split()
+    assert not bundle_dir(d, id).exists()
+    assert not (d.root / TASK_STATE / "default" / id).exists()
+    assert wait_until(lambda: not shims_of(d, id)), shims_of(d, id)
+    assert mounts_of(d) == before
+    assert cgroups_named(id) == []
 
 
 def test_unknown_user_for_exec_is_refused(d: Berthd) -> None:

@@ -4,7 +4,8 @@ The daemon notices the shim's connection dropping, runs the shim binary's
 ``delete`` (``runc delete --force`` and unmounting), removes the bundle,
 publishes ``/tasks/exit`` and ``/tasks/delete``, and reports the task as
 stopped with 128+SIGKILL until it is deleted. A client blocked in ``Wait``
-gets that exit status instead of a transport error.
+gets that exit status instead of a transport error. The container's cgroups
+go with it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -35,6 +37,9 @@ RUNTIMES = [
     pytest.param("io.containerd.runc.v2", id="runc-shim"),
 ]
 MD = (("containerd-namespace", "default"),)
+# Cgroups are named <namespace>/<id> host-wide: another run of these tests on
+# the host must not share this one's.
+RUN = secrets.token_hex(3)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,27 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def cgroup_dirs(pid: int) -> list[Path]:
+    """The directories of ``pid``'s own cgroups, one per mounted hierarchy.
+
+    The root cgroup of a hierarchy (the host's) is left out; on a v1 host the
+    unified v2 hierarchy, if mounted, is under ``unified``.
+    """
+    dirs = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if path == "/":
+            continue
+        if not controllers:
+            mount = "unified" if os.path.isdir("/sys/fs/cgroup/unified") else ""
+        else:
+            mount = controllers.split(",")[0].removeprefix("name=")
+        where = Path("/sys/fs/cgroup", mount) / path.lstrip("/")
+        if where.is_dir():
+            dirs.append(where)
+    return dirs
+
+
 def eventually(check: object, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -74,13 +100,15 @@ def eventually(check: object, timeout: float = 15.0) -> None:
 def test_killed_shim_reports_exit_137_and_reclaims_everything(
     d: Berthd, tasks: pb_grpc.TasksStub, runtime: str
 ) -> None:
-    id = "victim-" + runtime.split(".")[-2]
+    id = f"victim-{runtime.split('.')[-2]}-{RUN}"
     d.ctr("run", "-d", "--runtime", runtime, IMAGE, id, "sleep", "1000")
     bundle = d.state / "io.containerd.runtime.v2.task" / "default" / id
     assert bundle.is_dir()
     task_pid = tasks.Get(pb.GetRequest(container_id=id), metadata=MD).process.pid
     shim_pid = ppid(task_pid)
     assert "containerd-shim" in Path(f"/proc/{shim_pid}/cmdline").read_text()
+    cgroups = cgroup_dirs(task_pid)
+    assert any(id in str(c) for c in cgroups), cgroups
 
     watcher = subprocess.Popen(
         ["ctr", "--address", d.address, "events"],
@@ -109,6 +137,7 @@ def test_killed_shim_reports_exit_137_and_reclaims_everything(
         eventually(lambda: not alive(task_pid))
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(bundle) not in mounts
+        eventually(lambda: not any(c.exists() for c in cgroups))
         time.sleep(0.3)
     finally:
         os.kill(watcher.pid, signal.SIGTERM)
