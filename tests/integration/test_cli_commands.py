@@ -263,4 +263,4 @@ def test_debug_shows_the_traceback_and_the_requests(shared_berthd: Berthd) -> No
     assert res.returncode == 1
     assert "Traceback" in res.stderr and "errdefs.NotFound" in res.stderr
     assert "Leases.Delete" in res.stderr
-    assert res.stderr.splitlines()[-1] == "berth: lease 'missing': not found"
+    assert res.stderr.splitlines()[-1] == 'berth: lease "missing": not found'

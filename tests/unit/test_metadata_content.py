@@ -188,7 +188,7 @@ def test_leased_writes_become_lease_resources(md: Metadata) -> None:
     w.write(DATA)
     w.commit(len(DATA), DGST)
     assert leases.list_resources("ns1", "l1") == [("content", DGST)]
-    with pytest.raises(errdefs.NotFound, match="lease 'nope' does not exist"):
+    with pytest.raises(errdefs.NotFound, match='lease "nope" does not exist'):
         cs.writer("ns1", "x", lease="nope")
     # Asking to write existing content under a lease adds it to that lease.
     leases.create("ns1", "l2", {})

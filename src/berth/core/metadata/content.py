@@ -498,10 +498,12 @@ class ContentStore:
                     assert nw.expected is not None
                     if size and size != nw.total:
                         raise errdefs.FailedPrecondition(
-                            f"{nw.ref!r} failed size validation: {nw.total} != {size}"
+                            f"{errdefs.go_quote(nw.ref)} failed size validation: {nw.total} != {size}"
                         )
                     if expected is not None and expected != nw.expected:
-                        raise errdefs.FailedPrecondition(f"{nw.ref!r} unexpected digest")
+                        raise errdefs.FailedPrecondition(
+                            f"{errdefs.go_quote(nw.ref)} unexpected digest"
+                        )
                     size = nw.total
                     actual = nw.expected
                 else:
@@ -509,7 +511,7 @@ class ContentStore:
                     if size and size != offset:
                         w.close()
                         raise errdefs.FailedPrecondition(
-                            f"{nw.ref!r} failed size validation: {offset} != {size}"
+                            f"{errdefs.go_quote(nw.ref)} failed size validation: {offset} != {size}"
                         )
                     size = offset
                     try:

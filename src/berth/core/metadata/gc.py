@@ -573,7 +573,7 @@ def add_lease_resource(
         "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
     ).fetchone()
     if row is None:
-        raise errdefs.NotFound(f"lease {lease!r} does not exist: not found")
+        raise errdefs.NotFound(f"lease {errdefs.go_quote(lease)} does not exist: not found")
     cur.execute(
         "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, id) VALUES (?,?,?,?)",
         (namespace, lease, rtype, rid),

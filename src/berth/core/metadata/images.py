@@ -62,7 +62,9 @@ def make_target(
     try:
         d = Digest.parse(digest)
     except errdefs.InvalidArgument as exc:
-        raise errdefs.InvalidArgument(f"Target.Digest {digest!r} invalid: {exc}") from None
+        raise errdefs.InvalidArgument(
+            f"Target.Digest {errdefs.go_quote(digest)} invalid: {exc}"
+        ) from None
     if size <= 0:
         raise errdefs.InvalidArgument("Target.Size must be greater than zero")
     if not media_type:

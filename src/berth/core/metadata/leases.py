@@ -58,7 +58,7 @@ def validate_resource_type(rtype: str) -> None:
     if rtype in ("content", "ingests") or _SNAPSHOT_TYPE.match(rtype):
         return
     raise errdefs.InvalidArgument(
-        f"unsupported resource type {rtype!r}: use content, ingests or snapshots/<snapshotter>"
+        f"unsupported resource type {errdefs.go_quote(rtype)}: use content, ingests or snapshots/<snapshotter>"
     )
 
 
@@ -89,14 +89,16 @@ class LeaseStore:
                     (namespace, lease_id, json.dumps(dict(lbls), sort_keys=True), created),
                 )
             except sqlite3.IntegrityError:
-                raise errdefs.AlreadyExists(f"lease {lease_id!r}: already exists") from None
+                raise errdefs.AlreadyExists(
+                    f"lease {errdefs.go_quote(lease_id)}: already exists"
+                ) from None
         return Lease(lease_id, created, dict(lbls))
 
     def delete(self, namespace: str, lease_id: str) -> None:
         with self.db.tx() as cur:
             cur.execute("DELETE FROM leases WHERE namespace=? AND id=?", (namespace, lease_id))
             if cur.rowcount == 0:
-                raise errdefs.NotFound(f"lease {lease_id!r}: not found")
+                raise errdefs.NotFound(f"lease {errdefs.go_quote(lease_id)}: not found")
 
     def list(self, namespace: str) -> list[Lease]:
         with self.db.read() as cur:
@@ -111,7 +113,7 @@ class LeaseStore:
             "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease_id)
         ).fetchone()
         if row is None:
-            raise errdefs.NotFound(f"lease {lease_id!r}: not found")
+            raise errdefs.NotFound(f"lease {errdefs.go_quote(lease_id)}: not found")
 
     def add_resource(self, namespace: str, lease_id: str, rtype: str, rid: str) -> None:
         validate_resource_type(rtype)

@@ -38,13 +38,15 @@ class NamespaceStore:
                     (name, json.dumps(dict(lbls), sort_keys=True), now_ns()),
                 )
             except sqlite3.IntegrityError:
-                raise errdefs.AlreadyExists(f"namespace {name!r}: already exists") from None
+                raise errdefs.AlreadyExists(
+                    f"namespace {errdefs.go_quote(name)}: already exists"
+                ) from None
 
     def labels(self, name: str) -> dict[str, str]:
         with self.db.read() as cur:
             row = cur.execute("SELECT labels FROM namespaces WHERE name=?", (name,)).fetchone()
         if row is None:
-            raise errdefs.NotFound(f"namespace {name!r}: not found")
+            raise errdefs.NotFound(f"namespace {errdefs.go_quote(name)}: not found")
         result: dict[str, str] = json.loads(row["labels"])
         return result
 
@@ -59,7 +61,7 @@ class NamespaceStore:
         with self.db.tx() as cur:
             row = cur.execute("SELECT labels FROM namespaces WHERE name=?", (name,)).fetchone()
             if row is None:
-                raise errdefs.NotFound(f"namespace {name!r}: not found")
+                raise errdefs.NotFound(f"namespace {errdefs.go_quote(name)}: not found")
             current: dict[str, str] = {} if replace else json.loads(row["labels"])
             for k, v in lbls.items():
                 if v:
@@ -76,7 +78,7 @@ class NamespaceStore:
         with self.db.tx() as cur:
             row = cur.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone()
             if row is None:
-                raise errdefs.NotFound(f"namespace {name!r}: not found")
+                raise errdefs.NotFound(f"namespace {errdefs.go_quote(name)}: not found")
             in_use = [
                 kind
                 for table, kind in NAMESPACED_TABLES
@@ -86,6 +88,6 @@ class NamespaceStore:
             ]
             if in_use:
                 raise errdefs.FailedPrecondition(
-                    f"namespace {name!r} must be empty, but it still has {', '.join(in_use)}"
+                    f"namespace {errdefs.go_quote(name)} must be empty, but it still has {', '.join(in_use)}"
                 )
             cur.execute("DELETE FROM namespaces WHERE name=?", (name,))
