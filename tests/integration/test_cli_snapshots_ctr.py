@@ -23,6 +23,7 @@ import pytest
 
 from berth.client import Client, Descriptor, Mount
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from tests.integration.test_unpack_ctr import assert_tree_matches, tree
 from tests.support.daemon import Berthd, env_with_src, running_berthd, short_tmpdir
 from tests.support.fixtures import PushedImage
@@ -43,7 +44,7 @@ LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 def d() -> Iterator[Berthd]:
     with running_berthd() as daemon:
         yield daemon
-        leaked = mountmod.mount_points(daemon.base)
+        leaked = mountutil.mount_points(daemon.base)
         assert leaked == [], f"mounts left under {daemon.base}: {leaked}"
 
 
@@ -52,7 +53,7 @@ def mnt() -> Iterator[Path]:
     """An empty directory to mount on; nothing may stay mounted on it."""
     t = short_tmpdir("b.mnt.")
     yield t
-    leaked = mountmod.mount_points(t)
+    leaked = mountutil.mount_points(t)
     mountmod.unmount_all(t)
     t.rmdir()
     assert leaked == [], f"mounts left on {t}: {leaked}"
@@ -143,7 +144,7 @@ def test_pull_unpacks_then_images_mount_shows_exactly_the_image(
     finally:
         res = berth(d, "images", "unmount", "--snapshotter", sn, "--rm", str(mnt), namespace=ns)
     assert text(res).strip() == str(mnt)
-    assert mountmod.mount_points(mnt) == []
+    assert mountutil.mount_points(mnt) == []
     assert str(mnt) not in ctr_rows(d, ns, sn)
     assert str(mnt) not in d.ctr("leases", "ls", namespace=ns).stdout
     assert layered_image.chain_id in ctr_rows(d, ns, sn)  # the image itself stays
@@ -164,13 +165,13 @@ def test_rw_mount_by_berth_is_undone_by_ctr_and_ctr_mount_by_berth(
     (mnt / "written").write_text("rw\n")
     assert ctr_rows(d, ns, "overlayfs")[str(mnt)] == (busybox_image.chain_id, "Active")
     d.ctr("images", "unmount", "--snapshotter", "overlayfs", "--rm", str(mnt), namespace=ns)
-    assert mountmod.mount_points(mnt) == [] and not (mnt / "written").exists()
+    assert mountutil.mount_points(mnt) == [] and not (mnt / "written").exists()
     assert str(mnt) not in ctr_rows(d, ns, "overlayfs")
 
     d.ctr("images", "mount", pushed.ref, str(mnt), namespace=ns)
     assert (mnt / "bin" / "busybox").is_file()
     berth(d, "images", "unmount", "--rm", str(mnt), namespace=ns)
-    assert mountmod.mount_points(mnt) == []
+    assert mountutil.mount_points(mnt) == []
     assert str(mnt) not in ctr_rows(d, ns, "overlayfs")
     assert str(mnt) not in d.ctr("leases", "ls", namespace=ns).stdout
 
@@ -246,7 +247,7 @@ def test_snapshot_diff_is_a_layer_that_reproduces_the_change(d: Berthd, mnt: Pat
         snaps = client.snapshots.with_snapshotter(sn)
         labels = {"containerd.io/gc.root": "test"}
         base = snaps.prepare("base", labels=labels)
-        with mountmod.with_temp_mount(core_mounts(base)) as root:
+        with mountutil.with_temp_mount(core_mounts(base)) as root:
             (root / "keep").write_text("kept\n")
             (root / "change").write_text("old\n")
             (root / "remove").write_text("bye\n")
@@ -254,7 +255,7 @@ def test_snapshot_diff_is_a_layer_that_reproduces_the_change(d: Berthd, mnt: Pat
             (root / "dir" / "inner").write_text("in\n")
         snaps.commit("base-c", "base", labels=labels)
         top = snaps.prepare("top", "base-c", labels=labels)
-        with mountmod.with_temp_mount(core_mounts(top)) as root:
+        with mountutil.with_temp_mount(core_mounts(top)) as root:
             (root / "change").write_text("new\n")
             (root / "remove").unlink()
             (root / "added").write_text("hello\n")
@@ -317,7 +318,7 @@ def test_snapshot_diff_is_a_layer_that_reproduces_the_change(d: Berthd, mnt: Pat
         for name in ("again-c", "top-c"):
             # Rooted, or a collection triggered by earlier deletions may take it.
             view = snaps.view(f"{name}-v", name, labels=labels)
-            with mountmod.with_temp_mount(core_mounts(view)) as root:
+            with mountutil.with_temp_mount(core_mounts(view)) as root:
                 views[name] = contents(root)
             snaps.remove(f"{name}-v")
         assert views["again-c"] == views["top-c"]
@@ -403,6 +404,6 @@ def test_images_mount_unpacks_on_demand_and_refuses_a_missing_target(
     res = berth(d, "images", "mount", pushed.ref, str(mnt / "absent"), namespace=ns, check=False)
     assert res.returncode == 1 and b"not a directory" in res.stderr
     assert d.ctr("leases", "ls", "-q", namespace=ns).stdout.strip() == ""
-    assert mountmod.mount_points(mnt) == []
+    assert mountutil.mount_points(mnt) == []
     # Unmounting what is not mounted, with nothing to remove, is fine (as ctr).
     assert text(berth(d, "images", "unmount", "--rm", str(mnt), namespace=ns)).strip() == str(mnt)

@@ -28,6 +28,7 @@ from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as snap_grpc
 from berth.api.types import descriptor_pb2
 from berth.client import AsyncClient, Client
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from berth.oci import STOP_SIGNAL_LABEL as STOP
 from tests.integration.test_cli_commands import assert_one_line_error, berth
 from tests.support.daemon import Berthd
@@ -101,7 +102,7 @@ def unpack_native(channel: grpc.Channel, image: Image) -> None:
             metadata=md("unpack"),
         )
         mounts = [mountmod.Mount(m.type, m.source, list(m.options)) for m in resp.mounts]
-        with mountmod.with_temp_mount(mounts) as root:
+        with mountutil.with_temp_mount(mounts) as root:
             with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.data))) as tar:
                 tar.extractall(root, filter="tar")
         snaps.Commit(

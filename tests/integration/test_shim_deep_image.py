@@ -15,6 +15,7 @@ import time
 import pytest
 
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from tests.support.daemon import Berthd
 from tests.support.imagebuilder import (
     File,
@@ -69,7 +70,7 @@ def test_run_reads_top_middle_and_bottom_layers(d: Berthd, runtime: str) -> None
     assert res.stdout == "top\nreplaced\n99\nberth-test\n", res.stderr
     bundle = d.state / TASK_STATE / "default" / id
     assert not bundle.exists()
-    assert mountmod.mount_points(bundle) == []
+    assert mountutil.mount_points(bundle) == []
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -78,7 +79,7 @@ def test_detached_task_on_deep_image_execs_and_unmounts(d: Berthd, runtime: str)
     bundle = d.state / TASK_STATE / "default" / id
     d.ctr("run", "-d", "--runtime", runtime, IMAGE, id, "sleep", "1000")
     try:
-        assert mountmod.mount_points(bundle / "rootfs") == [str(bundle / "rootfs")]
+        assert mountutil.mount_points(bundle / "rootfs") == [str(bundle / "rootfs")]
         listing = d.ctr("tasks", "exec", "--exec-id", "ls", id, "ls", "/layers").stdout.split()
         assert len(listing) == MIDDLE_LAYERS
     finally:
@@ -86,7 +87,7 @@ def test_detached_task_on_deep_image_execs_and_unmounts(d: Berthd, runtime: str)
         _wait_stopped(d, id)
         d.ctr("tasks", "rm", id, check=False)
         d.ctr("containers", "rm", id, check=False)
-    assert mountmod.mount_points(bundle) == []
+    assert mountutil.mount_points(bundle) == []
     assert not os.path.exists(bundle)
 
 

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from berth import errdefs
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.api.types.task import task_pb2
 from berth.shim import zygote
+from berth.shim.main import _listener_pid
 from tests.support.oci_bundle import (
     EventSink,
     ShimProcess,
@@ -239,6 +242,79 @@ def test_containers_survive_a_killed_zygote_and_a_new_one_takes_over(env: Env) -
         assert wait_until(lambda: not _alive(shim_pid))
 
     run(env, body)
+
+
+def _zygotes(base: Path) -> list[int]:
+    """Live zygote processes of the daemon under ``base``, serving or not."""
+    found = []
+    for pid in processes_mentioning(str(base)):
+        with contextlib.suppress(OSError):
+            if b"zygote" in _cmdline(pid) and _alive(pid):
+                found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize("stale", ["dead", "absent"])
+def test_concurrent_starts_without_a_zygote_leave_exactly_one(
+    env: Env, stale: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each start finds no zygote answering and spawns one. A zygote left
+    # serving a socket another removed would stay for the whole linger
+    # (with the shims it forked, longer): far beyond the wait below.
+    monkeypatch.setenv(zygote.LINGER_ENV, "120")
+    racers = 4
+    if stale == "dead":
+        # What a killed zygote leaves: a socket file nobody listens on.
+        os.makedirs(os.path.dirname(env.zygote_socket), exist_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:
+            dead.bind(env.zygote_socket)
+    shims = []
+    for n in range(racers):
+        bundle = env.base / "bundles" / f"race{n}"
+        bundle.mkdir(parents=True)
+        (bundle / "config.json").write_text("{}")
+        shims.append(ShimProcess(base=env.base, bundle=bundle, id=f"race{n}"))
+    env.shims += shims
+    barrier = threading.Barrier(racers)
+
+    def start(shim: ShimProcess) -> None:
+        barrier.wait()
+        shim.start()
+
+    threads = [threading.Thread(target=start, args=(shim,)) for shim in shims]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(shim.address for shim in shims)
+        # The zygotes that lost exit; the one left is the one the socket
+        # leads to.
+        assert wait_until(lambda: len(_zygotes(env.base)) == 1), _zygotes(env.base)
+        (zpid,) = _zygotes(env.base)
+        assert _listener_pid(env.zygote_socket) == zpid
+
+        shim_pids: list[int] = []
+
+        async def body() -> None:
+            for shim in shims:
+                task = await shim.connect()
+                shim_pid = (await task.Connect(api.ConnectRequest(id=shim.id))).shim_pid
+                # Forked by the one zygote: no start fell back to spawning.
+                assert _ppid(shim_pid) == zpid
+                shim_pids.append(shim_pid)
+                await task.Shutdown(api.ShutdownRequest(id=shim.id))
+
+        run(env, body)
+        assert wait_until(lambda: not any(_alive(pid) for pid in shim_pids))
+        assert _zygotes(env.base) == [zpid]
+    finally:
+        # The long linger keeps the zygote (started on our behalf): end it,
+        # and any other, by pid.
+        for pid in _zygotes(env.base):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not _zygotes(env.base))
 
 
 def test_disabled_zygote_falls_back_to_a_spawned_shim(

@@ -16,6 +16,7 @@ from berth.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from berth.api.services.snapshots.v1 import snapshots_pb2 as pb
 from berth.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from tests.support.daemon import Berthd, running_berthd, short_tmpdir
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,7 @@ CONFIG = 'version = 2\ndisabled_plugins = ["io.containerd.gc.v1.scheduler"]\n'
 def d() -> Iterator[Berthd]:
     with running_berthd(config=CONFIG) as daemon:
         yield daemon
-        leaked = mountmod.mount_points(daemon.base)
+        leaked = mountutil.mount_points(daemon.base)
         assert leaked == [], f"mounts left under {daemon.base}: {leaked}"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from tests.support.daemon import Berthd, running_berthd, short_tmpdir
 from tests.support.fixtures import PushedImage
 from tests.support.imagebuilder import (
@@ -44,7 +45,7 @@ SNAPSHOTTERS = ["overlayfs", "native"]
 def d() -> Iterator[Berthd]:
     with running_berthd() as daemon:
         yield daemon
-        leaked = mountmod.mount_points(daemon.base)
+        leaked = mountutil.mount_points(daemon.base)
         assert leaked == [], f"mounts left under {daemon.base}: {leaked}"
 
 
@@ -147,7 +148,7 @@ def test_ctr_pull_unpacks_layered_image_into_snapshots(
         assert_tree_matches(target, expected)
     finally:
         d.ctr("images", "unmount", "--snapshotter", sn, "--rm", str(target))
-    assert mountmod.mount_points(target) == []
+    assert mountutil.mount_points(target) == []
 
     # Removing the image chain works top-down, as with containerd.
     d.ctr("images", "rm", "--sync", pushed.ref)

@@ -24,6 +24,7 @@ import pytest
 from berth import errdefs
 from berth.client import Client, LayerProgress
 from berth.core import mount as mountmod
+from berth.core import mountutil
 from tests.support.daemon import Berthd, env_with_src, short_tmpdir
 from tests.support.imagebuilder import (
     Dir,
@@ -175,7 +176,7 @@ def test_mount_of_imported_image_shows_the_flattened_layers(
         assert_tree_matches(target, EXPECTED)
     finally:
         ok(berth(imported, "images", "unmount", "--rm", str(target)))
-    assert mountmod.mount_points(target) == []
+    assert mountutil.mount_points(target) == []
 
 
 def test_run_of_imported_image_prints_hi(imported: Berthd) -> None:

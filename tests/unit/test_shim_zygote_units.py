@@ -212,3 +212,112 @@ def test_a_second_zygote_does_not_steal_a_live_socket(short: Path) -> None:
     assert again is not None
     again.close()
     assert sorted(os.listdir(short)) == ["z"]
+
+
+def _race_to_bind(path: str, racers: int) -> list[socket.socket]:
+    """``racers`` threads bind the zygote socket at once, as zygotes spawned
+    by concurrent starts do; the listeners they got."""
+    barrier = threading.Barrier(racers)
+    won: list[socket.socket] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            s = zygote._bind(path)
+        except BaseException as exc:
+            errors.append(exc)
+        else:
+            if s is not None:
+                won.append(s)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return won
+
+
+def test_concurrent_zygotes_bind_one_socket_and_never_take_a_fresh_one(short: Path) -> None:
+    # Every round, four zygotes find the socket absent or dead (its zygote
+    # killed): exactly one may take it, and the socket left at the path
+    # must be that one's, never one removed from under it.
+    path = str(short / "s" / "z")
+    for round in range(150):
+        if round % 2 == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:
+                dead.bind(path)
+        won = _race_to_bind(path, 4)
+        try:
+            assert len(won) == 1, f"round {round}: {len(won)} zygotes listen"
+            # The winner's listener is the one behind the path: a connection
+            # made there is queued on it.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+                c.connect(path)
+                won[0].settimeout(5)
+                conn, _ = won[0].accept()
+                conn.close()
+        finally:
+            for s in won:
+                s.close()
+            os.unlink(path)
+    assert os.listdir(short / "s") == []
+
+
+def _claim_in_thread(path: str) -> tuple[threading.Thread, list[int | None]]:
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(zygote._claim(path)))
+    t.start()
+    return t, got
+
+
+def test_a_second_claim_waits_then_yields_to_the_served_socket(short: Path) -> None:
+    path = str(short / "s" / "z")
+    first = zygote._claim(path)
+    assert first is not None
+    try:
+        t, got = _claim_in_thread(path)
+        # Its holder is still "pre-loading": the second one waits.
+        t.join(0.3)
+        assert t.is_alive() and got == []
+        listener = zygote._bind(path)
+        assert listener is not None
+        t.join()
+        # Served now: the second zygote is not needed, and claims nothing.
+        assert got == [None]
+        listener.close()
+        os.unlink(path)
+    finally:
+        zygote._release(path, first)
+    assert os.listdir(short / "s") == []
+
+
+def test_a_released_claim_passes_to_the_waiting_zygote(short: Path) -> None:
+    # A zygote on its way out removes its lock file before letting go; the
+    # one waiting on the removed file must claim the path afresh, and no
+    # third one may claim it meanwhile.
+    path = str(short / "s" / "z")
+    first = zygote._claim(path)
+    assert first is not None
+    t, got = _claim_in_thread(path)
+    t.join(0.3)
+    assert t.is_alive()
+    zygote._release(path, first)
+    t.join()
+    (second,) = got
+    assert second is not None
+    try:
+        assert os.stat(path + ".lock").st_ino == os.fstat(second).st_ino
+        third, third_got = _claim_in_thread(path)
+        third.join(0.3)
+        assert third.is_alive() and third_got == []
+    finally:
+        zygote._release(path, second)
+    third.join()
+    (claim,) = third_got
+    assert claim is not None
+    zygote._release(path, claim)
+    assert os.listdir(short / "s") == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from berth.core import mount as mountmod
+from berth.core import mountutil
 from berth.core.mount import (
     MS_BIND,
     MS_NODEV,
@@ -11,8 +11,8 @@ from berth.core.mount import (
     Mount,
     compact_lowerdir,
     parse_options,
-    readonly,
 )
+from berth.core.mountutil import readonly
 
 
 def test_parse_options_splits_flags_from_fs_data() -> None:
@@ -64,9 +64,9 @@ def test_readonly_bind_replaces_rw_with_ro() -> None:
 
 
 def test_mountinfo_unescapes_octal_sequences() -> None:
-    assert mountmod._unescape(r"/tmp/a\040b\134c") == "/tmp/a b\\c"
-    assert mountmod._unescape("/plain") == "/plain"
+    assert mountutil._unescape(r"/tmp/a\040b\134c") == "/tmp/a b\\c"
+    assert mountutil._unescape("/plain") == "/plain"
 
 
 def test_mount_points_lists_root() -> None:
-    assert "/" in mountmod.mount_points()
+    assert "/" in mountutil.mount_points()

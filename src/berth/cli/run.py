@@ -391,10 +391,11 @@ def _spec(
     """The spec from the image config and ``opts``; users resolve in the mounted rootfs."""
     from berth import oci
     from berth.core import mount as mountmod
+    from berth.core.mountutil import with_temp_mount
 
     core_mounts = [mountmod.Mount(m.type, m.source, list(m.options)) for m in mounts]
     # Read-only: reading /etc/passwd must not leave traces in the container's layer.
-    with mountmod.with_temp_mount(core_mounts, read_only=True) as root:
+    with with_temp_mount(core_mounts, read_only=True) as root:
         spec: dict[str, Any] = oci.generate(
             container_id,
             client.namespace,

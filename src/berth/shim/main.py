@@ -237,8 +237,9 @@ def _unix_socket(kind: int) -> Socket:
 _LIVE, _DEAD, _ABSENT = "live", "dead", "absent"
 
 
-def _probe(path: str) -> str:
-    """``_LIVE``, ``_DEAD`` (a file nobody listens on) or ``_ABSENT``.
+def _probe(path: str, kind: int | None = None) -> str:
+    """``_LIVE``, ``_DEAD`` (a file nobody listens on) or ``_ABSENT``, for a
+    listener of socket type ``kind`` (``SOCK_STREAM`` when None).
 
     Only a refused connection proves a socket dead; anything else (a full
     backlog timing out, a permission error) counts as live, because a dead
@@ -246,7 +247,7 @@ def _probe(path: str) -> str:
     """
     import _socket
 
-    s = _unix_socket(_socket.SOCK_STREAM)
+    s = _unix_socket(_socket.SOCK_STREAM if kind is None else kind)
     s.settimeout(1.0)
     try:
         s.connect(path)
@@ -261,8 +262,9 @@ def _probe(path: str) -> str:
     return _LIVE
 
 
-def _remove_dead_socket(path: str) -> None:
-    """Unlink the socket file at ``path`` if nobody listens on it.
+def _remove_dead_socket(path: str, kind: int | None = None) -> None:
+    """Unlink the socket file at ``path`` if no listener of type ``kind``
+    (see :func:`_probe`) is behind it.
 
     Every remover of dead sockets decides and unlinks under an exclusive
     ``flock`` of the socket directory: without it, two that both found the
@@ -276,7 +278,7 @@ def _remove_dead_socket(path: str) -> None:
     fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if _probe(path) == _DEAD:
+        if _probe(path, kind) == _DEAD:
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -285,19 +287,20 @@ def _remove_dead_socket(path: str) -> None:
         os.close(fd)
 
 
-def _listen(path: str) -> Socket | None:
-    """A listening socket published at ``path``; None when a live server
-    already owns it (grouping: the caller joins that server).
+def _listen(path: str, *, kind: int | None = None, backlog: int = 128) -> Socket | None:
+    """A socket of type ``kind`` (``SOCK_STREAM`` when None) listening at
+    ``path``; None when a live server already owns it (grouping: the caller
+    joins that server; the zygote: another zygote serves).
 
     :func:`_listen_private` then :func:`_publish`; ``start`` runs the two
     steps apart, with the server's launch between them. Raises OSError, or
     RuntimeError if the path keeps changing.
     """
-    if _probe(path) == _LIVE:
+    if _probe(path, kind) == _LIVE:
         return None
-    s, private = _listen_private(path)
+    s, private = _listen_private(path, kind=kind, backlog=backlog)
     try:
-        if _publish(private, path):
+        if _publish(private, path, kind=kind):
             return s
     except BaseException:
         s.close()
@@ -308,21 +311,23 @@ def _listen(path: str) -> Socket | None:
     return None
 
 
-def _listen_private(path: str) -> tuple[Socket, str]:
-    """A socket listening under a private name beside ``path``: the socket
-    and that name. Raises OSError."""
+def _listen_private(
+    path: str, *, kind: int | None = None, backlog: int = 128
+) -> tuple[Socket, str]:
+    """A socket of type ``kind`` (``SOCK_STREAM`` when None) listening under
+    a private name beside ``path``: the socket and that name. Raises OSError."""
     import _socket
 
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o711, exist_ok=True)
     # Shorter than ``path`` itself (a hash), so within the socket path limit.
     private = os.path.join(directory, f".{os.getpid()}-{os.urandom(4).hex()}")
-    s = _unix_socket(_socket.SOCK_STREAM)
+    s = _unix_socket(_socket.SOCK_STREAM if kind is None else kind)
     try:
         s.bind(private)
         try:
             os.chmod(private, 0o600)
-            s.listen(128)
+            s.listen(backlog)
         except BaseException:
             os.unlink(private)
             raise
@@ -332,10 +337,11 @@ def _listen_private(path: str) -> tuple[Socket, str]:
     return s, private
 
 
-def _publish(private: str, path: str) -> bool:
+def _publish(private: str, path: str, *, kind: int | None = None) -> bool:
     """Hard-link the listening socket file ``private`` to ``path``: True
-    once linked, False when a live server owns ``path`` (the caller leaves
-    ``private`` for its own cleanup).
+    once linked, False when a live server (of socket type ``kind``, see
+    :func:`_probe`) owns ``path``; the caller leaves ``private`` for its own
+    cleanup.
 
     Binding under a private name and publishing only a socket that already
     listens (``link`` fails if the name exists) means a socket file at
@@ -352,11 +358,11 @@ def _publish(private: str, path: str) -> bool:
             return True
         except FileExistsError:
             pass
-        state = _probe(path)
+        state = _probe(path, kind)
         if state == _LIVE:
             return False
         if state == _DEAD:
-            _remove_dead_socket(path)
+            _remove_dead_socket(path, kind)
     raise RuntimeError(f"cannot bind {path}")
 
 

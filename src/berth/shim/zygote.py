@@ -32,12 +32,23 @@ Lifetime and failure:
   socket answers; later starts reuse it. The socket lives in the shim state
   directory (``<state>/s/zygote-<hash of the address>``), so the zygote works
   under berthd and Debian's containerd alike and outlives daemon restarts;
+* starts that find no zygote at the same moment each spawn one, and exactly
+  one of those may serve. Before its costly pre-load a zygote claims the
+  address with an exclusive ``flock`` on ``<socket>.lock``, held for its
+  life; the others wait without pre-loading (pre-loads running at once
+  would share the CPUs and slow the one that matters) and exit as soon as
+  the claimant's socket answers, which is also when their starts connect to
+  it. The socket is published as ``start`` publishes a server's: bound
+  under a private name, then hard-linked into place, a dead one removed
+  only under the directory lock (``berth.shim.main._listen``), so even a
+  zygote that skipped the claim can never take the name from a live one
+  and be left serving a deleted socket;
 * shims are the zygote's children only until it goes: each calls ``setsid``
   and becomes a child subreaper, and needs nothing from the zygote after the
   fork, so killing the zygote leaves every container running;
 * the zygote exits ``linger`` seconds after its last shim exited and no start
-  came (``BERTH_SHIM_ZYGOTE_LINGER``, default 5), removing its socket; or at
-  once when its socket path no longer leads to it;
+  came (``BERTH_SHIM_ZYGOTE_LINGER``, default 5), removing its socket and
+  then its lock file; or at once when its socket path no longer leads to it;
 * ``start`` falls back to spawning a fresh interpreter when the zygote cannot
   be started or reached, or when ``BERTH_SHIM_ZYGOTE=0`` is set in the
   environment the daemon gives its shims.
@@ -437,43 +448,78 @@ async def _exercise() -> None:
     await publisher.close(0.1)
 
 
+def _claim(path: str) -> int | None:
+    """Become the one zygote starting for ``path``: a descriptor holding an
+    exclusive ``flock`` of ``<path>.lock``, to keep open for the zygote's
+    life (its children close it). While another zygote holds the lock this
+    one waits, and gives up with None once that one's socket answers (or
+    after ``READY_TIMEOUT``, when its ``start`` has given up too).
+
+    A holder removes the file before it lets go (see :func:`_release`), so a
+    lock taken on a file no longer at ``<path>.lock`` claims nothing and is
+    taken again on the new one. Raises OSError.
+    """
+    import _socket
+    import fcntl
+
+    from berth.shim.main import _LIVE, _probe
+
+    name = path + ".lock"
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if _probe(path, _socket.SOCK_SEQPACKET) == _LIVE or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_ours(name, os.fstat(fd).st_ino):
+            return fd
+        os.close(fd)
+
+
+def _release(path: str, claim: int) -> None:
+    """Give up the claim :func:`_claim` returned: remove the lock file while
+    still holding it, then close it."""
+    name = path + ".lock"
+    try:
+        if _still_ours(name, os.fstat(claim).st_ino):
+            os.unlink(name)
+    except OSError:
+        pass
+    finally:
+        os.close(claim)
+
+
 def _bind(path: str) -> socket.socket | None:
-    """Listen on ``path`` without ever replacing a live zygote: bind a
-    private name, then hard-link it into place (``link`` fails if the name
-    exists, atomically). None when another zygote owns ``path``."""
-    import contextlib
+    """Listen on ``path`` without ever replacing a live zygote's socket;
+    None when another zygote serves ``path``.
+
+    The same discipline as a shim server's group socket, by the same code
+    (:func:`berth.shim.main._listen`): bind a private name, hard-link it to
+    ``path`` (``link`` fails if the name exists), and remove a socket found
+    there only if it refuses connections, deciding and unlinking under the
+    directory's lock. Unlinking a stale socket without that lock let two
+    zygotes that both found it dead each remove it in turn, the second
+    taking the socket the first had just linked: the first then served a
+    deleted name until it next woke up. Raises OSError or RuntimeError.
+    """
+    import _socket
     import socket
 
-    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".z{os.getpid()}")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        s.bind(tmp)
-        os.chmod(tmp, 0o600)
-        s.listen(64)
-        for _ in range(2):
-            try:
-                os.link(tmp, path)
-                return s
-            except FileExistsError:
-                probe = _connect(path)
-                if probe is not None:
-                    probe.close()
-                    s.close()
-                    return None
-                # A dead zygote's socket.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-        s.close()
+    from berth.shim.main import _listen
+
+    s = _listen(path, kind=_socket.SOCK_SEQPACKET, backlog=64)
+    if s is None:
         return None
-    except BaseException:
-        s.close()
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return socket.socket(fileno=s.detach())
 
 
 def _still_ours(path: str, ino: int) -> bool:
@@ -484,11 +530,15 @@ def _still_ours(path: str, ino: int) -> bool:
 
 
 class _Zygote:
-    def __init__(self, path: str, listener: socket.socket, prefix: list[str]) -> None:
+    def __init__(
+        self, path: str, listener: socket.socket, prefix: list[str], claim: int = -1
+    ) -> None:
         import select
 
         self.path = path
         self.listener = listener
+        # The claim's descriptor (see _claim), -1 for none; run() releases it.
+        self.claim = claim
         self.ino = os.stat(path).st_ino
         self.prefix = prefix
         self.poller = select.poll()
@@ -608,8 +658,11 @@ class _Zygote:
 
         from berth.shim.server import serve
 
-        # Nothing of the zygote's may stay open in a shim.
+        # Nothing of the zygote's may stay open in a shim; above all not the
+        # claim, which would keep every later zygote waiting for this shim.
         self.listener.close()
+        if self.claim >= 0:
+            os.close(self.claim)
         for pidfd in self.children:
             os.close(pidfd)
         self.children.clear()
@@ -649,22 +702,28 @@ def run(address: str, state_dir: str) -> int:
     import gc
 
     os.chdir("/")
-    # Freed holes in pre-loaded pages would be filled (and so copied) by
-    # every child's first allocations; collect nothing until the freeze.
-    gc.disable()
-    prefix = _original_prefix(len(sys.argv) - 1)
-    _preload()
-    _warm_up()
     path = zygote_path(address, state_dir)
-    listener = _bind(path)
-    if listener is None:
+    claim = _claim(path)
+    if claim is None:
         return 0  # another zygote serves this daemon
-    set_proctitle([*prefix, "-address", address, "zygote"])
-    gc.collect()
-    gc.freeze()
-    zygote = _Zygote(path, listener, prefix)
     try:
-        zygote.loop()
+        # Freed holes in pre-loaded pages would be filled (and so copied) by
+        # every child's first allocations; collect nothing until the freeze.
+        gc.disable()
+        prefix = _original_prefix(len(sys.argv) - 1)
+        _preload()
+        _warm_up()
+        listener = _bind(path)
+        if listener is None:
+            return 0  # one holding no claim (an older build's) serves it
+        set_proctitle([*prefix, "-address", address, "zygote"])
+        gc.collect()
+        gc.freeze()
+        zygote = _Zygote(path, listener, prefix, claim)
+        try:
+            zygote.loop()
+        finally:
+            zygote.close()
     finally:
-        zygote.close()
+        _release(path, claim)
     return 0

@@ -41,7 +41,8 @@ from berth.core.diff.changes import write_diff
 from berth.core.diff.content import ReaderStream
 from berth.core.images import compression
 from berth.core.images import mediatypes as mt
-from berth.core.mount import Mount, with_temp_mount
+from berth.core.mount import Mount
+from berth.core.mountutil import with_temp_mount
 
 _READ = 1 << 20
 _AHEAD = 8  # blocks of _READ bytes the pump may run ahead of the extractor
