@@ -183,10 +183,11 @@ class Daemon:
                     ("grpc.max_send_message_length", self.cfg.grpc.max_send_message_size),
                 ],
             )
+            services = WrappingServer(self.server)
             for pl in self.plugins.ordered:
                 add = getattr(pl.instance, "add_to_server", None)
                 if pl.ok and add is not None:
-                    add(WrappingServer(self.server))
+                    add(services)
             old = os.umask(0o117)  # socket born 0660: no window where others may connect
             try:
                 self.server.add_insecure_port(f"unix://{p.address}")

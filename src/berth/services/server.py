@@ -167,6 +167,16 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         return wrapped
 
 
+class _Dispatch(grpc.GenericRpcHandler):
+    """Every registered service's wrapped handlers, found with one dict lookup."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self.handlers.get(details.method)
+
+
 class WrappingServer:
     """Stands in for the grpc.aio server while services register.
 
@@ -175,10 +185,21 @@ class WrappingServer:
     request logging) before passing it on. A server interceptor would do the
     same work per request: an extra coroutine and four new handler objects on
     every call, a measurable share of berthd's CPU per ``ctr run``.
+
+    The generated code offers each service twice: as a generic handler and
+    as "registered methods". grpc.aio's registered-method path costs every
+    call in proportion to how many methods are registered (measured: a
+    trivial call took 300 µs of server CPU with one service, 465 µs with
+    200 other methods registered), so registered methods go instead into one
+    table served by a single generic handler, consulted before the generic
+    handlers of any service that offers no table. One WrappingServer serves
+    all services of a server.
     """
 
     def __init__(self, server: Any) -> None:
         self._server = server
+        self._dispatch = _Dispatch()
+        server.add_generic_rpc_handlers((self._dispatch,))
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h) for h in handlers))
@@ -186,5 +207,6 @@ class WrappingServer:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        wrapped = {name: wrap_handler(h, f"/{service}/{name}") for name, h in handlers.items()}
-        self._server.add_registered_method_handlers(service, wrapped)
+        for name, h in handlers.items():
+            method = f"/{service}/{name}"
+            self._dispatch.handlers[method] = wrap_handler(h, method)
