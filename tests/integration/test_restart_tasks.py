@@ -18,7 +18,6 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -28,6 +27,7 @@ from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from berth.api.types.task import task_pb2
 from tests.support.daemon import Berthd, short_tmpdir
 from tests.support.imagebuilder import Image, write_oci_layout
+from tests.support.procs import alive, ppid
 
 pytestmark = pytest.mark.integration
 
@@ -62,18 +62,6 @@ def cleanup_all(d: Berthd) -> None:
         d.ctr("tasks", "rm", "--force", id, check=False)
     for id in d.ctr("containers", "ls", "-q", check=False).stdout.split():
         d.ctr("containers", "rm", id, check=False)
-
-
-def ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def task_status(d: Berthd, id: str) -> str:

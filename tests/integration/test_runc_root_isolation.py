@@ -26,7 +26,7 @@ from tests.support.containerd_peer import Containerd, available
 from tests.support.daemon import Berthd, short_tmpdir
 from tests.support.imagebuilder import Image, write_oci_layout
 from tests.support.oci_bundle import cleanup_base
-from tests.support.procs import processes_mentioning, wait_until
+from tests.support.procs import alive, processes_mentioning, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,14 +57,6 @@ def runc_state(root: Path, id: str) -> dict[str, object]:
     """runc's record of container ``id`` under the runc root ``root``/``NS``."""
     data: dict[str, object] = json.loads((root / NS / id / "state.json").read_text())
     return data
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 #: A daemon's ctr, speaking in ``NS``.
@@ -156,22 +148,26 @@ def test_same_id_runs_under_berthd_and_containerd_at_once(
     assert not (berth_root / NS / id).exists()
 
 
-def test_explicit_runc_root_is_kept(pair: tuple[Berthd, Containerd]) -> None:
-    berthd, _ = pair
-    id = unique("rooted")
-    explicit = berthd.base / "explicit-runc"
-    berthd.ctr(
-        "run", "-d", "--runtime", RUNC_SHIM, "--runc-root", str(explicit), IMAGE, id,
-        "sleep", "1000", namespace=NS,
-    )  # fmt: skip
+def run_with_state_in(berthd: Berthd, root: Path, id: str, *run_flags: str) -> None:
+    """``ctr run -d`` with ``run_flags``; runc's state is under ``root`` and
+    nowhere else, and goes with the container."""
+    berthd.ctr("run", "-d", *run_flags, IMAGE, id, "sleep", "1000", namespace=NS)
     pid = task_pid(berthd.ctr("tasks", "ls", namespace=NS).stdout, id)
-    assert pid and runc_state(explicit, id)["init_process_pid"] == pid
+    assert pid and runc_state(root, id)["init_process_pid"] == pid
     assert not (berthd.base / "runc" / NS / id).exists()
     assert not (CONTAINERD_RUNC / NS / id).exists()
     berthd.ctr("tasks", "rm", "-f", id, namespace=NS)
     berthd.ctr("containers", "rm", id, namespace=NS)
     assert wait_until(lambda: not alive(pid))
-    assert not (explicit / NS / id).exists()
+    assert not (root / NS / id).exists()
+
+
+def test_explicit_runc_root_is_kept(pair: tuple[Berthd, Containerd]) -> None:
+    berthd, _ = pair
+    explicit = berthd.base / "explicit-runc"
+    run_with_state_in(
+        berthd, explicit, unique("rooted"), "--runtime", RUNC_SHIM, "--runc-root", str(explicit)
+    )
 
 
 @pytest.fixture
@@ -200,13 +196,4 @@ def test_runc_root_setting_places_every_shims_runc_state(
     configured: tuple[Berthd, Path], runtime: str
 ) -> None:
     berthd, root = configured
-    id = unique("conf")
-    berthd.ctr("run", "-d", "--runtime", runtime, IMAGE, id, "sleep", "1000", namespace=NS)
-    pid = task_pid(berthd.ctr("tasks", "ls", namespace=NS).stdout, id)
-    assert pid and runc_state(root, id)["init_process_pid"] == pid
-    assert not (berthd.base / "runc" / NS / id).exists()
-    assert not (CONTAINERD_RUNC / NS / id).exists()
-    berthd.ctr("tasks", "rm", "-f", id, namespace=NS)
-    berthd.ctr("containers", "rm", id, namespace=NS)
-    assert wait_until(lambda: not alive(pid))
-    assert not (root / NS / id).exists()
+    run_with_state_in(berthd, root, unique("conf"), "--runtime", runtime)

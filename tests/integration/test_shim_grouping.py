@@ -38,6 +38,7 @@ from berth.shim import zygote
 from berth.ttrpc import Client, ServiceStub
 from tests.support.daemon import Berthd, short_tmpdir
 from tests.support.imagebuilder import Image, write_oci_layout
+from tests.support.procs import alive, ppid
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +56,6 @@ BURST_SIZE = 4
 # The churn daemon's zygote goes this long after its last shim.
 CHURN_LINGER = "1"
 GROUPED = 'version = 2\n[plugins."io.containerd.runtime.v2.task"]\n  shim_group = "namespace"\n'
-
-
-def ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -33,27 +33,15 @@ from tests.support.oci_bundle import (
     short_dir,
     spec,
 )
-from tests.support.procs import processes_mentioning, wait_until
+from tests.support.procs import alive, ppid, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.integration
 
 LINGER = "1"
 
 
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _cmdline(pid: int) -> list[bytes]:
     return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
 
 
 def _read_until(fd: int, want: bytes, timeout: float = 10.0) -> bytes:
@@ -139,7 +127,7 @@ def test_forked_shim_runs_execs_and_reports_exits(env: Env) -> None:
         task, shim_pid = await env.start(
             "z1", ["sh", "-c", "echo started; exec sleep 1000"], stdout=str(b_out)
         )
-        zpid = _ppid(shim_pid)
+        zpid = ppid(shim_pid)
         assert _cmdline(zpid)[-1] == b"zygote"
         # The forked shim shows its own flags, as a spawned one does.
         title = _cmdline(shim_pid)
@@ -151,7 +139,7 @@ def test_forked_shim_runs_execs_and_reports_exits(env: Env) -> None:
         assert os.getsid(shim_pid) == shim_pid
 
         started = await task.Start(api.StartRequest(id="z1"))
-        assert _ppid(started.pid) == shim_pid
+        assert ppid(started.pid) == shim_pid
         assert b"started" in _read_until(reader, b"started")
 
         eout = env.base / "eout"
@@ -182,7 +170,7 @@ def test_forked_shim_runs_execs_and_reports_exits(env: Env) -> None:
             "/tasks/exit",
             "/tasks/delete",
         ]
-        assert wait_until(lambda: not _alive(shim_pid))
+        assert wait_until(lambda: not alive(shim_pid))
         os.close(reader)
         os.close(ereader)
 
@@ -192,7 +180,7 @@ def test_forked_shim_runs_execs_and_reports_exits(env: Env) -> None:
 def test_one_zygote_serves_every_start_then_leaves_when_idle(env: Env) -> None:
     async def body() -> None:
         started = [await env.start(f"r{n}", ["sleep", "1000"]) for n in range(3)]
-        zygotes = {_ppid(pid) for _, pid in started}
+        zygotes = {ppid(pid) for _, pid in started}
         assert len(zygotes) == 1
         (zpid,) = zygotes
         assert os.path.exists(env.zygote_socket)
@@ -200,11 +188,11 @@ def test_one_zygote_serves_every_start_then_leaves_when_idle(env: Env) -> None:
             await task.Start(api.StartRequest(id=f"r{n}"))
         # While it has live shims, the zygote stays, whatever the linger.
         await asyncio.sleep(float(LINGER) * 2)
-        assert _alive(zpid)
+        assert alive(zpid)
         for n, (task, _) in enumerate(started):
             await env.finish(task, f"r{n}")
         # The last shim gone, it lingers, then exits and removes its socket.
-        assert await asyncio.to_thread(wait_until, lambda: not _alive(zpid))
+        assert await asyncio.to_thread(wait_until, lambda: not alive(zpid))
         assert not os.path.exists(env.zygote_socket)
         assert not list((env.base / "s").iterdir())
 
@@ -215,10 +203,10 @@ def test_containers_survive_a_killed_zygote_and_a_new_one_takes_over(env: Env) -
     async def body() -> None:
         task, shim_pid = await env.start("k1", ["sleep", "1000"])
         init = (await task.Start(api.StartRequest(id="k1"))).pid
-        zpid = _ppid(shim_pid)
+        zpid = ppid(shim_pid)
         # The zygote was started on our behalf by `start`: end it by its pid.
         os.kill(zpid, signal.SIGKILL)
-        assert await asyncio.to_thread(wait_until, lambda: not _alive(zpid))
+        assert await asyncio.to_thread(wait_until, lambda: not alive(zpid))
 
         state = await task.State(api.StateRequest(id="k1"))
         assert state.status == task_pb2.RUNNING and state.pid == init
@@ -233,13 +221,13 @@ def test_containers_survive_a_killed_zygote_and_a_new_one_takes_over(env: Env) -
 
         # The dead zygote's socket is stale; the next start replaces it.
         task2, shim2 = await env.start("k2", ["sleep", "1000"])
-        zpid2 = _ppid(shim2)
+        zpid2 = ppid(shim2)
         assert zpid2 != zpid and _cmdline(zpid2)[-1] == b"zygote"
         await task2.Start(api.StartRequest(id="k2"))
         await env.finish(task2, "k2")
         await env.finish(task, "k1")
         await env.sink.wait_for("/tasks/delete", 2)
-        assert wait_until(lambda: not _alive(shim_pid))
+        assert wait_until(lambda: not alive(shim_pid))
 
     run(env, body)
 
@@ -249,7 +237,7 @@ def _zygotes(base: Path) -> list[int]:
     found = []
     for pid in processes_mentioning(str(base)):
         with contextlib.suppress(OSError):
-            if b"zygote" in _cmdline(pid) and _alive(pid):
+            if b"zygote" in _cmdline(pid) and alive(pid):
                 found.append(pid)
     return found
 
@@ -301,12 +289,12 @@ def test_concurrent_starts_without_a_zygote_leave_exactly_one(
                 task = await shim.connect()
                 shim_pid = (await task.Connect(api.ConnectRequest(id=shim.id))).shim_pid
                 # Forked by the one zygote: no start fell back to spawning.
-                assert _ppid(shim_pid) == zpid
+                assert ppid(shim_pid) == zpid
                 shim_pids.append(shim_pid)
                 await task.Shutdown(api.ShutdownRequest(id=shim.id))
 
         run(env, body)
-        assert wait_until(lambda: not any(_alive(pid) for pid in shim_pids))
+        assert wait_until(lambda: not any(alive(pid) for pid in shim_pids))
         assert _zygotes(env.base) == [zpid]
     finally:
         # The long linger keeps the zygote (started on our behalf): end it,
@@ -324,7 +312,7 @@ def test_disabled_zygote_falls_back_to_a_spawned_shim(
 
     async def body() -> None:
         task, shim_pid = await env.start("d1", ["true"])
-        assert b"zygote" not in b" ".join(_cmdline(_ppid(shim_pid)))
+        assert b"zygote" not in b" ".join(_cmdline(ppid(shim_pid)))
         assert not os.path.exists(env.zygote_socket)
         await task.Start(api.StartRequest(id="d1"))
         await env.finish(task, "d1")
@@ -407,7 +395,7 @@ def test_lifecycles_through_the_zygote_leak_nothing(env: Env) -> None:
 
 def _zygote_parent(pid: int) -> int:
     try:
-        parent = _ppid(pid)
+        parent = ppid(pid)
         return parent if b"zygote" in b" ".join(_cmdline(parent)) else 0
     except (OSError, ValueError):
         return 0

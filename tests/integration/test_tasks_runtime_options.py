@@ -27,7 +27,7 @@ from berth.client import AnyValue, Client
 from tests.support.daemon import Berthd, short_tmpdir
 from tests.support.imagebuilder import Image, write_oci_layout
 from tests.support.oci_bundle import cleanup_base
-from tests.support.procs import wait_until
+from tests.support.procs import alive, ppid, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -164,18 +164,6 @@ def test_berth_shim_honours_runtime_options_of_the_task(d: Berthd, tmp_path: Pat
     assert_runc_ran_under(invocations(log), root)
     assert not (root / NS / id).exists()
     assert not (d.base / "runc" / NS / id).exists()
-
-
-def ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def task_line(d: Berthd, id: str) -> list[str]:

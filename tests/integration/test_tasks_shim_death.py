@@ -28,6 +28,7 @@ from berth.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from berth.api.types.task import task_pb2
 from tests.support.daemon import Berthd
 from tests.support.imagebuilder import Image, write_oci_layout
+from tests.support.procs import alive, ppid
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +54,6 @@ def d(shared_berthd: Berthd, busybox_image: Image) -> Berthd:
 def tasks(d: Berthd) -> Iterator[pb_grpc.TasksStub]:
     with grpc.insecure_channel(f"unix://{d.address}") as ch:
         yield pb_grpc.TasksStub(ch)
-
-
-def ppid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def cgroup_dirs(pid: int) -> list[Path]:

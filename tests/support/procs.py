@@ -1,5 +1,5 @@
 """Finding the processes a test started, by what their command lines name,
-and waiting for them to go."""
+asking whether they live and who their parent is, and waiting for them to go."""
 
 from __future__ import annotations
 
@@ -7,6 +7,24 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # The fields after the command name, which may itself hold spaces or ")".
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def ppid(pid: int) -> int:
+    """The parent of ``pid`` (a container's init's parent is its shim)."""
+    return int(_stat_fields(pid)[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except OSError:
+        return False
 
 
 def processes_mentioning(text: str) -> list[int]:

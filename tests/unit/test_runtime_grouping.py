@@ -16,13 +16,14 @@ import pytest
 
 from berth import config
 from berth.config import ConfigError
-from berth.core.runtime import ManagerConfig, TaskManager
+from berth.core.runtime import TaskManager
 from berth.core.runtime.binary import SHIM_GROUP_ENV, ShimBinary
 from berth.core.runtime.bundle import new_bundle
 from berth.core.runtime.manager import NAMESPACE_GROUP, _Gate
 from berth.core.runtime.plugin import REGISTRATION, RuntimeConfig
 from berth.shim import main as shim_main
 from tests.support.daemon import short_tmpdir
+from tests.support.runtime import task_manager
 
 SECTION = '[plugins."io.containerd.runtime.v2.task"]'
 
@@ -74,16 +75,7 @@ def test_shim_group_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
 
 
 def manager(base: Path, shim_group: str) -> TaskManager:
-    return TaskManager(
-        ManagerConfig(
-            root=base / "root",
-            state=base / "state",
-            address=str(base / "d.sock"),
-            ttrpc_address=str(base / "d.sock.ttrpc"),
-            publish_binary="/usr/bin/true",
-            shim_group=shim_group,
-        )
-    )
+    return task_manager(base, shim_group=shim_group)
 
 
 def test_only_berths_shim_is_grouped_and_only_when_configured(base: Path) -> None:

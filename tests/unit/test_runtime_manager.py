@@ -25,10 +25,11 @@ from berth.api.types.task import task_pb2
 from berth.core import events
 from berth.core.metadata.containers import AnyValue
 from berth.core.mount import Mount
-from berth.core.runtime import IO, CreateOpts, ManagerConfig, Status, TaskManager
+from berth.core.runtime import IO, CreateOpts, Status, TaskManager
 from berth.core.runtime import binary as binary_mod
 from berth.ttrpc import CallContext, Server
 from tests.support.daemon import short_tmpdir
+from tests.support.runtime import task_manager
 
 SERVICE = api.DESCRIPTOR.services_by_name["Task"]
 RUNTIME_OPTS = AnyValue("containerd.runc.v1.Options", b"\x32\x04runc")
@@ -134,15 +135,7 @@ class Env:
         await self.server.start(str(self.sock))
 
     def manager(self) -> TaskManager:
-        return TaskManager(
-            ManagerConfig(
-                root=self.base / "root",
-                state=self.base / "state",
-                address=str(self.base / "berthd.sock"),
-                ttrpc_address=str(self.base / "berthd.sock.ttrpc"),
-                publish_binary="/usr/bin/true",
-            )
-        )
+        return task_manager(self.base, "berthd.sock")
 
     def opts(self) -> CreateOpts:
         return CreateOpts(

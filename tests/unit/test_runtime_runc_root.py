@@ -21,7 +21,7 @@ from berth.api.runtime.v2.runc.options import oci_pb2
 from berth.api.runtime.v2.task import shim_pb2 as api
 from berth.config import ConfigError
 from berth.core.metadata.containers import AnyValue
-from berth.core.runtime import CreateOpts, ManagerConfig, TaskManager
+from berth.core.runtime import CreateOpts, TaskManager
 from berth.core.runtime.manager import default_runc_root
 from berth.core.runtime.plugin import REGISTRATION, RuntimeConfig
 from berth.core.runtime.shim import RUNC_OPTIONS_TYPE, is_runc_options, with_runc_root
@@ -29,6 +29,7 @@ from berth.shim import container as shim_container
 from berth.shim import main as shim_main
 from berth.ttrpc import CallContext, Server
 from tests.support.daemon import short_tmpdir
+from tests.support.runtime import task_manager
 
 SECTION = '[plugins."io.containerd.runtime.v2.task"]'
 ROOT = "/run/berth/runc"
@@ -110,16 +111,7 @@ def test_runc_options_that_do_not_decode_are_left_for_the_shim_to_refuse() -> No
 
 
 def manager(base: Path, runc_root: str = "") -> TaskManager:
-    return TaskManager(
-        ManagerConfig(
-            root=base / "root",
-            state=base / "state",
-            address=str(base / "d.sock"),
-            ttrpc_address=str(base / "d.sock.ttrpc"),
-            publish_binary="/usr/bin/true",
-            runc_root=runc_root,
-        )
-    )
+    return task_manager(base, runc_root=runc_root)
 
 
 @pytest.fixture
