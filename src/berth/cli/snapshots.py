@@ -13,7 +13,6 @@ garbage collection may take them).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -396,7 +395,7 @@ def rm(g: Globals, snapshotter: str | None, keys: tuple[str, ...]) -> None:
         try:
             sn.remove(key)
         except errdefs.BerthError as exc:
-            raise from_error(exc, prefix=f"failed to remove {json.dumps(key)}: ") from exc
+            raise from_error(exc, prefix=f"failed to remove {errdefs.go_quote(key)}: ") from exc
 
 
 @snapshots.command("diff")

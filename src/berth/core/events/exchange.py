@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -102,8 +101,8 @@ def validate_topic(topic: str) -> None:
     a valid identifier (``/tasks/exec-started``). Raises InvalidArgument whose
     message names the topic and the broken rule.
     """
-    # Double-quoted as Go's %q would, so messages read like containerd's.
-    prefix = f"envelope topic {json.dumps(topic)}"
+    # Quoted as containerd quotes it, so messages read like containerd's.
+    prefix = f"envelope topic {errdefs.go_quote(topic)}"
     if topic == "":
         raise errdefs.InvalidArgument(f"{prefix}: must not be empty")
     if topic[0] != "/":
@@ -115,7 +114,7 @@ def validate_topic(topic: str) -> None:
             identifiers.validate(component)
         except errdefs.InvalidArgument as exc:
             raise errdefs.InvalidArgument(
-                f"{prefix}: failed validation on component {json.dumps(component)}: {exc}"
+                f"{prefix}: failed validation on component {errdefs.go_quote(component)}: {exc}"
             ) from None
 
 
